@@ -1,0 +1,145 @@
+"""The only module that knows about NumPy versus CuPy.
+
+Every rule is written once against ``xp``, the array module of its inputs; this module
+finds it, moves arrays between devices and holds the dtype and RNG defaults.
+"""
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import numpy as np
+
+_cupy: types.ModuleType | None = None
+_cupy_tried = False
+_default_dtype = np.float32
+
+
+def cupy_module() -> types.ModuleType | None:
+    """CuPy if it imports and a GPU is usable, else None (imported lazily, once)."""
+    global _cupy, _cupy_tried
+    if not _cupy_tried:
+        _cupy_tried = True
+        try:
+            import cupy
+
+            cupy.cuda.runtime.getDeviceCount()
+            _cupy = cupy
+        except Exception:  # no cupy, no driver or no device
+            _cupy = None
+    return _cupy
+
+
+def gpu_available() -> bool:
+    """True when CuPy imports and sees at least one GPU."""
+    return cupy_module() is not None
+
+
+def is_cupy(x: Any) -> bool:
+    """True for a CuPy ndarray (checked without importing CuPy)."""
+    return type(x).__module__.startswith("cupy")
+
+
+def get_xp(*arrays: Any, op: str = "operation") -> types.ModuleType:
+    """The array module (numpy or cupy) of ``arrays``; scalars and None are ignored.
+
+    Mixing NumPy and CuPy arrays raises ``TypeError`` naming ``op``.
+    """
+    has_np = has_cp = False
+    for a in arrays:
+        if is_cupy(a):
+            has_cp = True
+        elif isinstance(a, (np.ndarray, np.generic)):
+            has_np = True
+    if has_cp:
+        if has_np:
+            kinds = ", ".join(f"{type(a).__module__}.{type(a).__name__}{getattr(a, 'shape', '')}"
+                              for a in arrays if hasattr(a, "shape"))
+            raise TypeError(f"{op}: cannot mix numpy and cupy arrays in one operation ({kinds}); "
+                            "move them to one device with dualtensor.to_device")
+        import cupy
+
+        return cupy
+    return np
+
+
+def to_device(x: Any, device: str) -> Any:
+    """Copy an array (or DualTensor / pytree of arrays) to ``"cpu"`` (numpy) or ``"gpu"`` (cupy)."""
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"to_device: device must be 'cpu' or 'gpu', got {device!r}")
+    if hasattr(x, "_map_arrays"):
+        return x._map_arrays(lambda a: to_device(a, device))
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_device(a, device) for a in x)
+    if isinstance(x, dict):
+        return {k: to_device(v, device) for k, v in x.items()}
+    if device == "cpu":
+        return x.get() if is_cupy(x) else np.asarray(x)
+    cp = cupy_module()
+    if cp is None:
+        raise RuntimeError("to_device: device 'gpu' requested but cupy is not installed or sees no GPU "
+                           "(pip install 'dualtensor[gpu]')")
+    return cp.asarray(x)
+
+
+def device_of(x: Any) -> str:
+    """``"gpu"`` for CuPy arrays, else ``"cpu"``."""
+    return "gpu" if is_cupy(x) else "cpu"
+
+
+def array_module(device: str) -> types.ModuleType:
+    """numpy for ``"cpu"``, cupy for ``"gpu"``."""
+    if device == "gpu":
+        cp = cupy_module()
+        if cp is None:
+            raise RuntimeError("device 'gpu' requested but cupy is not installed or sees no GPU")
+        return cp
+    if device != "cpu":
+        raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+    return np
+
+
+def get_default_dtype() -> np.dtype:
+    """The floating dtype used for new parameters and data (float32 unless changed)."""
+    return np.dtype(_default_dtype)
+
+
+def set_default_dtype(dtype: Any) -> None:
+    """Set the default floating dtype (float32 or float64)."""
+    global _default_dtype
+    d = np.dtype(dtype)
+    if d not in (np.float32, np.float64):
+        raise ValueError(f"set_default_dtype: expected float32 or float64, got {d}")
+    _default_dtype = d.type
+
+
+def default_rng(seed: Any = None, xp: types.ModuleType = np) -> Any:
+    """A seeded ``Generator`` of the given array module."""
+    return xp.random.default_rng(seed)
+
+
+def synchronize(xp: types.ModuleType) -> None:
+    """Wait for queued GPU work (no-op on numpy); needed for honest timings."""
+    if xp is not np:
+        xp.cuda.Stream.null.synchronize()
+
+
+def scatter_add(xp: types.ModuleType, target: Any, index: Any, values: Any) -> None:
+    """``target[index] += values`` with repeated indices accumulated (unbuffered)."""
+    if xp is np:
+        np.add.at(target, index, values)
+    else:
+        import cupyx
+
+        cupyx.scatter_add(target, index, values)
+
+
+def special(xp: types.ModuleType) -> types.ModuleType:
+    """scipy.special or cupyx.scipy.special (erf and friends) for the array module ``xp``."""
+    if xp is np:
+        import scipy.special
+
+        return scipy.special
+    import cupyx.scipy.special
+
+    return cupyx.scipy.special

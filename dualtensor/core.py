@@ -1,0 +1,167 @@
+"""Primitives and their dispatch: plain arrays, forward mode (DualTensor) or the reverse tape (Traced).
+
+A primitive is defined by its primal ``impl`` and rules written against ``xp``:
+
+* ``jvp(tangents, ans, *args, **params)`` -> output tangent stack, where ``tangents[i]`` is the
+  ``(k, *args[i].shape)`` stack or ``None`` (constant / symbolic zero); or per-argument linear
+  maps ``jvps[i](t_i, ans, *args, **params)`` whose non-zero terms are summed.
+* ``vjp(g, ans, *args, **params)`` -> one cotangent (or None) per positional argument; or
+  per-argument maps ``vjps[i](g, ans, *args, **params)``, called only where a gradient is needed.
+
+With ``elementwise=True`` inputs broadcast NumPy-style: tangents are lifted to the output rank
+(k stays in front), and cotangents are summed back to each input's shape.
+With ``has_aux=True`` the impl returns ``(out, saved)``; rules receive that pair as ``ans`` (so
+they reuse primal intermediates) and the caller receives ``(out, saved)``.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .backend import get_xp
+from .tensor import DualTensor, Node, Traced, Zero, _describe
+
+
+def lift(t: Any, ndim: int) -> Any:
+    """Insert size-1 axes after the tangent axis so a (k, *s) stack aligns with rank-``ndim`` data."""
+    extra = ndim - (t.ndim - 1)
+    return t.reshape(t.shape[:1] + (1,) * extra + t.shape[1:]) if extra > 0 else t
+
+
+def sum_to(g: Any, shape: tuple) -> Any:
+    """Sum a broadcast cotangent back down to ``shape`` (the adjoint of broadcasting)."""
+    if g.shape == tuple(shape):
+        return g
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(i + lead for i, s in enumerate(shape) if s == 1 and g.shape[i + lead] != 1)
+    out = g.sum(axis=axes, keepdims=True)
+    return out.reshape(shape)
+
+
+class Primitive:
+    """A differentiable operation with a primal impl and JVP/VJP rules."""
+
+    def __init__(self, name: str, impl: Callable, *, jvp: Callable | None = None,
+                 jvps: Sequence[Callable | None] | None = None, vjp: Callable | None = None,
+                 vjps: Sequence[Callable | None] | None = None, elementwise: bool = False,
+                 has_aux: bool = False, nondiff: Sequence[int] = ()):
+        self.name, self.impl = name, impl
+        self.jvp_rule, self.jvps = jvp, jvps
+        self.vjp_rule, self.vjps = vjp, vjps
+        self.elementwise, self.has_aux, self.nondiff = elementwise, has_aux, frozenset(nondiff)
+
+    def __call__(self, *args: Any, **params: Any) -> Any:
+        return bind(self, args, params)
+
+    def __repr__(self) -> str:
+        return f"Primitive({self.name})"
+
+
+_SCALARS = (int, float, bool, np.ndarray, np.generic)
+
+
+def _classify(prim: Primitive, args: tuple) -> tuple[list, int]:
+    """Unwrap parameter-like objects; return (args, mode) with mode 0 plain, 1 dual, 2 traced."""
+    mode = 0
+    out = list(args)
+    for i, a in enumerate(out):
+        t = type(a)
+        if t is DualTensor:
+            mode |= 1
+        elif t is Traced:
+            mode |= 2
+        elif a is None or isinstance(a, _SCALARS):
+            continue
+        elif hasattr(a, "__dt_value__"):  # e.g. nn.Parameter, possibly substituted by a dual/traced value
+            out[i] = a = a.__dt_value__()
+            mode |= 1 if type(a) is DualTensor else 2 if type(a) is Traced else 0
+        else:
+            continue
+        if i in prim.nondiff and type(a) in (DualTensor, Traced):
+            raise TypeError(f"{prim.name}: argument {i} is not differentiable, got {_describe(a)}")
+    if mode == 3:
+        raise TypeError(f"{prim.name}: cannot mix DualTensor (forward mode) and Traced (reverse mode) inputs")
+    return out, mode
+
+
+def bind(prim: Primitive, args: tuple, params: dict) -> Any:
+    """Apply ``prim`` to ``args``, propagating tangents or recording on the tape as needed."""
+    args, mode = _classify(prim, args)
+    if mode == 0:
+        return prim.impl(*args, **params)
+    if mode == 1:
+        return _bind_dual(prim, args, params)
+    return _bind_traced(prim, args, params)
+
+
+def _bind_dual(prim: Primitive, args: list, params: dict) -> Any:
+    primals = [a.primal if type(a) is DualTensor else a for a in args]
+    get_xp(*primals, op=prim.name)
+    ks = {a.k for a in args if type(a) is DualTensor}
+    if len(ks) > 1:
+        shapes = ", ".join(f"{a.shape} with k={a.k}" for a in args if type(a) is DualTensor)
+        raise ValueError(f"{prim.name}: operands carry different numbers of tangents ({shapes}); "
+                         "all DualTensor inputs of one operation must share k")
+    k = ks.pop()
+    ans = prim.impl(*primals, **params)
+    out = ans[0] if prim.has_aux else ans
+    tangents = [a.tangent if type(a) is DualTensor and type(a.tangent) is not Zero else None for a in args]
+    if all(t is None for t in tangents):
+        t_out = None
+    elif prim.jvps is not None:
+        t_out = None
+        for i, t in enumerate(tangents):
+            if t is None:
+                continue
+            if prim.elementwise:
+                t = lift(t, out.ndim)
+            term = prim.jvps[i](t, ans, *primals, **params)
+            t_out = term if t_out is None else t_out + term
+    else:
+        t_out = prim.jvp_rule(tangents, ans, *primals, **params)
+    if t_out is None:
+        res = DualTensor(out, Zero(k, out.shape, out.dtype))
+    else:
+        want = (k, *out.shape)
+        if t_out.shape != want:
+            if not prim.elementwise:
+                raise RuntimeError(f"{prim.name}: JVP rule returned tangent shape {t_out.shape}, expected {want}")
+            t_out = get_xp(t_out).broadcast_to(t_out, want)
+        if t_out.dtype != out.dtype:
+            t_out = t_out.astype(out.dtype)
+        res = DualTensor.__new__(DualTensor)
+        res.primal, res.tangent = out, t_out
+    return (res, ans[1]) if prim.has_aux else res
+
+
+def _bind_traced(prim: Primitive, args: list, params: dict) -> Any:
+    values = [a.value if type(a) is Traced else a for a in args]
+    get_xp(*values, op=prim.name)
+    ans = prim.impl(*values, **params)
+    out = ans[0] if prim.has_aux else ans
+    parents = tuple((i, a) for i, a in enumerate(args) if type(a) is Traced)
+    res = Traced(out, Node(prim, values, params, ans, parents))
+    return (res, ans[1]) if prim.has_aux else res
+
+
+def vjp_of_node(node: Node, g: Any) -> list[tuple[Any, Any]]:
+    """Cotangents ``[(parent, ct), ...]`` of one tape node given its output cotangent ``g``."""
+    prim, args, params, ans = node.prim, node.args, node.params, node.ans
+    if prim.vjps is not None:
+        cts = [(p, prim.vjps[i](g, ans, *args, **params)) for i, p in node.parents]
+    else:
+        allc = prim.vjp_rule(g, ans, *args, **params)
+        cts = [(p, allc[i]) for i, p in node.parents]
+    res = []
+    for p, ct in cts:
+        if ct is None:
+            continue
+        if prim.elementwise:
+            ct = sum_to(ct, p.value.shape)
+        elif ct.shape != p.value.shape:
+            raise RuntimeError(f"{prim.name}: VJP rule returned cotangent shape {ct.shape}, expected {p.value.shape}")
+        if ct.dtype != p.value.dtype:
+            ct = ct.astype(p.value.dtype)
+        res.append((p, ct))
+    return res

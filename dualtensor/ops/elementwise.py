@@ -1,0 +1,245 @@
+"""Elementwise primitives with NumPy broadcasting (the tangent axis stays in front)."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..backend import get_xp as _xp, special
+from ..core import Primitive
+
+__all__ = ["add", "subtract", "multiply", "divide", "power", "negative", "abs", "square", "exp", "log",
+           "sqrt", "tanh", "sigmoid", "relu", "gelu", "maximum", "minimum", "clip", "where"]
+
+
+def add(x: Any, y: Any) -> Any:
+    """x + y."""
+    return _add(x, y)
+
+
+_add = Primitive("add", lambda x, y: x + y, elementwise=True,
+                 jvps=[lambda t, ans, x, y: t, lambda t, ans, x, y: t],
+                 vjps=[lambda g, ans, x, y: g, lambda g, ans, x, y: g])
+
+
+def subtract(x: Any, y: Any) -> Any:
+    """x - y."""
+    return _subtract(x, y)
+
+
+_subtract = Primitive("subtract", lambda x, y: x - y, elementwise=True,
+                      jvps=[lambda t, ans, x, y: t, lambda t, ans, x, y: -t],
+                      vjps=[lambda g, ans, x, y: g, lambda g, ans, x, y: -g])
+
+
+def multiply(x: Any, y: Any) -> Any:
+    """x * y."""
+    return _multiply(x, y)
+
+
+_multiply = Primitive("multiply", lambda x, y: x * y, elementwise=True,
+                      jvps=[lambda t, ans, x, y: t * y, lambda t, ans, x, y: t * x],
+                      vjps=[lambda g, ans, x, y: g * y, lambda g, ans, x, y: g * x])
+
+
+def divide(x: Any, y: Any) -> Any:
+    """x / y."""
+    return _divide(x, y)
+
+
+_divide = Primitive("divide", lambda x, y: x / y, elementwise=True,
+                    jvps=[lambda t, ans, x, y: t / y, lambda t, ans, x, y: -t * (ans / y)],
+                    vjps=[lambda g, ans, x, y: g / y, lambda g, ans, x, y: -g * ans / y])
+
+
+def power(x: Any, y: Any) -> Any:
+    """x ** y."""
+    return _power(x, y)
+
+
+def _dpow_dx(x, y):
+    return y * x ** (y - 1)
+
+
+def _dpow_dy(ans, x):
+    # d(x**y)/dy = x**y log x, taken as 0 where x == 0 (as JAX does)
+    xp = _xp(ans)
+    return xp.where(x == 0, 0, ans * xp.log(xp.where(x == 0, 1, x)))
+
+
+_power = Primitive("power", lambda x, y: x ** y, elementwise=True,
+                   jvps=[lambda t, ans, x, y: t * _dpow_dx(x, y), lambda t, ans, x, y: t * _dpow_dy(ans, x)],
+                   vjps=[lambda g, ans, x, y: g * _dpow_dx(x, y), lambda g, ans, x, y: g * _dpow_dy(ans, x)])
+
+
+def negative(x: Any) -> Any:
+    """-x."""
+    return _negative(x)
+
+
+_negative = Primitive("negative", lambda x: -x, elementwise=True,
+                      jvps=[lambda t, ans, x: -t], vjps=[lambda g, ans, x: -g])
+
+
+def abs(x: Any) -> Any:
+    """|x| (derivative sign(x), 0 at 0)."""
+    return _abs(x)
+
+
+_abs = Primitive("abs", lambda x: _xp(x).abs(x), elementwise=True,
+                 jvps=[lambda t, ans, x: t * _xp(x).sign(x)], vjps=[lambda g, ans, x: g * _xp(x).sign(x)])
+
+
+def square(x: Any) -> Any:
+    """x ** 2."""
+    return _square(x)
+
+
+_square = Primitive("square", lambda x: x * x, elementwise=True,
+                    jvps=[lambda t, ans, x: t * (2 * x)], vjps=[lambda g, ans, x: g * (2 * x)])
+
+
+def exp(x: Any) -> Any:
+    """e ** x."""
+    return _exp(x)
+
+
+_exp = Primitive("exp", lambda x: _xp(x).exp(x), elementwise=True,
+                 jvps=[lambda t, ans, x: t * ans], vjps=[lambda g, ans, x: g * ans])
+
+
+def log(x: Any) -> Any:
+    """Natural logarithm."""
+    return _log(x)
+
+
+_log = Primitive("log", lambda x: _xp(x).log(x), elementwise=True,
+                 jvps=[lambda t, ans, x: t / x], vjps=[lambda g, ans, x: g / x])
+
+
+def sqrt(x: Any) -> Any:
+    """Square root."""
+    return _sqrt(x)
+
+
+_sqrt = Primitive("sqrt", lambda x: _xp(x).sqrt(x), elementwise=True,
+                  jvps=[lambda t, ans, x: t * (0.5 / ans)], vjps=[lambda g, ans, x: g * (0.5 / ans)])
+
+
+def tanh(x: Any) -> Any:
+    """Hyperbolic tangent."""
+    return _tanh(x)
+
+
+_tanh = Primitive("tanh", lambda x: _xp(x).tanh(x), elementwise=True,
+                  jvps=[lambda t, ans, x: t * (1 - ans * ans)], vjps=[lambda g, ans, x: g * (1 - ans * ans)])
+
+
+def _sigmoid_impl(x):
+    xp = _xp(x)
+    # 0.5 * (1 + tanh(x/2)) is overflow-free in both directions
+    return 0.5 * (1 + xp.tanh(0.5 * x))
+
+
+def sigmoid(x: Any) -> Any:
+    """Logistic sigmoid 1 / (1 + e^-x)."""
+    return _sigmoid(x)
+
+
+_sigmoid = Primitive("sigmoid", _sigmoid_impl, elementwise=True,
+                     jvps=[lambda t, ans, x: t * (ans * (1 - ans))], vjps=[lambda g, ans, x: g * (ans * (1 - ans))])
+
+
+def relu(x: Any) -> Any:
+    """max(x, 0) (derivative 0 at 0, as PyTorch)."""
+    return _relu(x)
+
+
+_relu = Primitive("relu", lambda x: _xp(x).maximum(x, 0), elementwise=True,
+                  jvps=[lambda t, ans, x: t * (x > 0)], vjps=[lambda g, ans, x: g * (x > 0)])
+
+
+_SQRT_2_PI = math.sqrt(2.0 / math.pi)
+
+
+def _gelu_impl(x, approximate):
+    xp = _xp(x)
+    if approximate == "tanh":
+        return 0.5 * x * (1 + xp.tanh(_SQRT_2_PI * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1 + special(xp).erf(x * (1 / math.sqrt(2.0))))
+
+
+def _gelu_deriv(x, approximate):
+    xp = _xp(x)
+    if approximate == "tanh":
+        th = xp.tanh(_SQRT_2_PI * (x + 0.044715 * x ** 3))
+        return 0.5 * (1 + th) + 0.5 * x * (1 - th * th) * _SQRT_2_PI * (1 + 3 * 0.044715 * x * x)
+    cdf = 0.5 * (1 + special(xp).erf(x * (1 / math.sqrt(2.0))))
+    return cdf + x * xp.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
+
+
+def gelu(x: Any, approximate: str = "none") -> Any:
+    """GELU x·Φ(x); ``approximate="tanh"`` uses the tanh formula (torch names)."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return _gelu(x, approximate=approximate)
+
+
+_gelu = Primitive("gelu", _gelu_impl, elementwise=True,
+                  jvps=[lambda t, ans, x, approximate: t * _gelu_deriv(x, approximate)],
+                  vjps=[lambda g, ans, x, approximate: g * _gelu_deriv(x, approximate)])
+
+
+def _pick(x, y):
+    # share of the derivative going to x: 1 where x wins, 1/2 at ties (as JAX)
+    return (x > y) + 0.5 * (x == y)
+
+
+def maximum(x: Any, y: Any) -> Any:
+    """Elementwise maximum (ties split the derivative equally)."""
+    return _maximum(x, y)
+
+
+_maximum = Primitive("maximum", lambda x, y: _xp(x, y).maximum(x, y), elementwise=True,
+                     jvps=[lambda t, ans, x, y: t * _pick(x, y), lambda t, ans, x, y: t * _pick(y, x)],
+                     vjps=[lambda g, ans, x, y: g * _pick(x, y), lambda g, ans, x, y: g * _pick(y, x)])
+
+
+def minimum(x: Any, y: Any) -> Any:
+    """Elementwise minimum (ties split the derivative equally)."""
+    return _minimum(x, y)
+
+
+_minimum = Primitive("minimum", lambda x, y: _xp(x, y).minimum(x, y), elementwise=True,
+                     jvps=[lambda t, ans, x, y: t * _pick(y, x), lambda t, ans, x, y: t * _pick(x, y)],
+                     vjps=[lambda g, ans, x, y: g * _pick(y, x), lambda g, ans, x, y: g * _pick(x, y)])
+
+
+def _inside(x, lo, hi):
+    m = True
+    if lo is not None:
+        m = m & (x >= lo)
+    if hi is not None:
+        m = m & (x <= hi)
+    return m
+
+
+def clip(x: Any, lo: Any = None, hi: Any = None) -> Any:
+    """Clamp to [lo, hi] (bounds are constants; derivative 1 inside, 0 outside)."""
+    if lo is None and hi is None:
+        raise ValueError("clip: at least one of lo and hi must be given")
+    return _clip(x, lo, hi)
+
+
+_clip = Primitive("clip", lambda x, lo, hi: _xp(x).clip(x, lo, hi), elementwise=True, nondiff=(1, 2),
+                  jvps=[lambda t, ans, x, lo, hi: t * _inside(x, lo, hi)],
+                  vjps=[lambda g, ans, x, lo, hi: g * _inside(x, lo, hi)])
+
+
+def where(cond: Any, x: Any, y: Any) -> Any:
+    """x where cond else y (cond is a constant boolean array)."""
+    return _where(cond, x, y)
+
+
+_where = Primitive("where", lambda c, x, y: _xp(c, x, y).where(c, x, y), elementwise=True, nondiff=(0,),
+                   jvps=[None, lambda t, ans, c, x, y: _xp(t).where(c, t, 0), lambda t, ans, c, x, y: _xp(t).where(c, 0, t)],
+                   vjps=[None, lambda g, ans, c, x, y: _xp(g).where(c, g, 0), lambda g, ans, c, x, y: _xp(g).where(c, 0, g)])

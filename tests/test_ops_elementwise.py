@@ -1,0 +1,86 @@
+"""Rules of the elementwise primitives: references, finite differences, stacking, adjoints."""
+import numpy as np
+import pytest
+import scipy.special
+from hypothesis import given, strategies as st
+
+import dualtensor as dt
+from opcheck import broadcast_pair, check_rules, make, noncontig, shapes
+
+SQ2PI = np.sqrt(2 / np.pi)
+
+# name: (function, numpy reference, input domain)
+UNARY = {
+    "negative": (dt.negative, np.negative, "real"),
+    "abs": (dt.abs, np.abs, "away0"),
+    "square": (dt.square, np.square, "real"),
+    "exp": (dt.exp, np.exp, "unit"),
+    "log": (dt.log, np.log, "positive"),
+    "sqrt": (dt.sqrt, np.sqrt, "positive"),
+    "tanh": (dt.tanh, np.tanh, "real"),
+    "sigmoid": (dt.sigmoid, lambda x: 1 / (1 + np.exp(-x)), "real"),
+    "relu": (dt.relu, lambda x: np.maximum(x, 0), "away0"),
+    "gelu": (dt.gelu, lambda x: 0.5 * x * (1 + scipy.special.erf(x / np.sqrt(2))), "real"),
+    "gelu_tanh": (lambda x: dt.gelu(x, approximate="tanh"),
+                  lambda x: 0.5 * x * (1 + np.tanh(SQ2PI * (x + 0.044715 * x ** 3))), "real"),
+    "clip": (lambda x: dt.clip(x, -0.5, 0.7), lambda x: np.clip(x, -0.5, 0.7), "real"),
+    "pow_const": (lambda x: x ** 3, lambda x: x ** 3, "real"),
+    "rpow_const": (lambda x: 2.0 ** x, lambda x: 2.0 ** x, "unit"),
+    "scalar_mix": (lambda x: 3.0 - x / 2.0 + 1.5 * x, lambda x: 3.0 - x / 2.0 + 1.5 * x, "real"),
+}
+
+BINARY = {
+    "add": (dt.add, np.add, "real", "real"),
+    "subtract": (dt.subtract, np.subtract, "real", "real"),
+    "multiply": (dt.multiply, np.multiply, "real", "real"),
+    "divide": (dt.divide, np.divide, "real", "positive"),
+    "power": (dt.power, np.power, "positive", "unit"),
+    "maximum": (dt.maximum, np.maximum, "real", "real"),
+    "minimum": (dt.minimum, np.minimum, "real", "real"),
+    "operators": (lambda x, y: (x + y) * x - y / (1 + y * y), lambda x, y: (x + y) * x - y / (1 + y * y), "real", "real"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNARY))
+@given(shape=shapes(0, 3), seed=st.integers(0, 2 ** 16), contiguous=st.booleans())
+def test_unary(xp, name, shape, seed, contiguous):
+    f, ref, domain = UNARY[name]
+    x = make(xp, shape, seed, domain)
+    if not contiguous:
+        x = noncontig(x)
+    if name == "clip":  # keep away from the clip boundaries where the derivative jumps
+        x = xp.where(xp.abs(x + 0.5) < 1e-3, x + 0.01, x)
+        x = xp.where(xp.abs(x - 0.7) < 1e-3, x + 0.01, x)
+    check_rules(f, (x,), ref=ref, ref_rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(BINARY))
+@given(pair=broadcast_pair(), seed=st.integers(0, 2 ** 16))
+def test_binary_broadcast(xp, name, pair, seed):
+    f, ref, dx, dy = BINARY[name]
+    x, y = make(xp, pair[0], seed, dx), make(xp, pair[1], seed + 1, dy)
+    if name in ("maximum", "minimum"):
+        y = y + 0.05 * xp.sign(y - x.mean() if x.size else y)  # no exact ties
+    check_rules(f, (x, y), diff=(0, 1), ref=ref)
+    check_rules(f, (x, y), diff=(0,))
+    check_rules(f, (x, y), diff=(1,))
+
+
+@given(shape=shapes(1, 3), seed=st.integers(0, 2 ** 16))
+def test_where(xp, shape, seed):
+    x, y = make(xp, shape, seed), make(xp, shape[1:], seed + 1)
+    cond = make(xp, shape, seed + 2) > 0
+    check_rules(dt.where, (cond, x, y), diff=(1, 2), ref=np.where)
+
+
+def test_ties_split_derivative():
+    x = dt.dual(np.array([1.0, 2.0]), np.ones((1, 2)))
+    out = dt.maximum(x, np.array([1.0, 0.0]))
+    np.testing.assert_allclose(out.tangent, [[0.5, 1.0]])
+    assert dt.relu(dt.dual(np.zeros(3), np.ones((2, 3)))).tangent.sum() == 0  # torch: relu'(0) = 0
+
+
+def test_float32_stays_float32():
+    x = dt.dual(np.ones(3, np.float32), np.ones((2, 3), np.float32))
+    for y in (dt.exp(x), x * 2.0, 2.0 / x, x ** 2, dt.gelu(x), dt.sigmoid(x)):
+        assert y.primal.dtype == np.float32 and y.tangent.dtype == np.float32
