@@ -98,6 +98,8 @@ def vjp(f: Callable, *primals: Any, has_aux: bool = False) -> tuple[Any, Callabl
     if has_aux:
         out, aux = out
     o_leaves, o_def = flatten(out)
+    # a DualTensor output of a mixed computation is differentiated through its primal's tape twin
+    o_leaves = [o.trace if type(o) is DualTensor and o.trace is not None else o for o in o_leaves]
     out_values = unflatten(o_def, [o.value if type(o) is Traced else o for o in o_leaves])
 
     def vjp_fn(cot: Any) -> tuple:

@@ -62,7 +62,7 @@ _SCALARS = (int, float, bool, np.ndarray, np.generic)
 
 
 def _classify(prim: Primitive, args: tuple) -> tuple[list, int]:
-    """Unwrap parameter-like objects; return (args, mode) with mode 0 plain, 1 dual, 2 traced."""
+    """Unwrap parameter-like objects; return (args, mode): bit 1 = some DualTensor, bit 2 = some Traced."""
     mode = 0
     out = list(args)
     for i, a in enumerate(out):
@@ -80,8 +80,6 @@ def _classify(prim: Primitive, args: tuple) -> tuple[list, int]:
             continue
         if i in prim.nondiff and type(a) in (DualTensor, Traced):
             raise TypeError(f"{prim.name}: argument {i} is not differentiable, got {_describe(a)}")
-    if mode == 3:
-        raise TypeError(f"{prim.name}: cannot mix DualTensor (forward mode) and Traced (reverse mode) inputs")
     return out, mode
 
 
@@ -90,13 +88,15 @@ def bind(prim: Primitive, args: tuple, params: dict) -> Any:
     args, mode = _classify(prim, args)
     if mode == 0:
         return prim.impl(*args, **params)
-    if mode == 1:
-        return _bind_dual(prim, args, params)
-    return _bind_traced(prim, args, params)
+    if mode == 2:
+        return _bind_traced(prim, args, params)
+    return _bind_dual(prim, args, params)
 
 
 def _bind_dual(prim: Primitive, args: list, params: dict) -> Any:
-    primals = [a.primal if type(a) is DualTensor else a for a in args]
+    """Forward mode. Traced arguments are constants for the tangents, but the primal computation
+    is then also recorded on their tape (the result's ``trace``), for block-local VJPs."""
+    primals = [a.primal if type(a) is DualTensor else a.value if type(a) is Traced else a for a in args]
     get_xp(*primals, op=prim.name)
     ks = {a.k for a in args if type(a) is DualTensor}
     if len(ks) > 1:
@@ -131,7 +131,11 @@ def _bind_dual(prim: Primitive, args: list, params: dict) -> Any:
         if t_out.dtype != out.dtype:
             t_out = t_out.astype(out.dtype)
         res = DualTensor.__new__(DualTensor)
-        res.primal, res.tangent = out, t_out
+        res.primal, res.tangent, res.trace = out, t_out, None
+    parents = tuple((i, a) if type(a) is Traced else (i, a.trace) for i, a in enumerate(args)
+                    if type(a) is Traced or (type(a) is DualTensor and a.trace is not None))
+    if parents:
+        res.trace = Traced(out, Node(prim, primals, params, ans, parents))
     return (res, ans[1]) if prim.has_aux else res
 
 

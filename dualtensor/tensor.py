@@ -131,9 +131,12 @@ class DualTensor(_TensorOps):
 
     ``tangent`` may be the symbolic :class:`Zero`. Every operation computes the primal once
     and all k tangents together; the k axis never broadcasts against data axes.
+    When an operation also involves reverse-mode ``Traced`` values (e.g. parameters in activity
+    perturbation), the primal computation is recorded on the tape too and ``trace`` holds the
+    Traced twin of the primal; tangents treat Traced values as constants.
     """
 
-    __slots__ = ("primal", "tangent")
+    __slots__ = ("primal", "tangent", "trace")
 
     def __init__(self, primal: Any, tangent: Any, k: int | None = None):
         primal = _as_float_array(primal, "DualTensor")
@@ -155,6 +158,7 @@ class DualTensor(_TensorOps):
                 tangent = tangent.astype(primal.dtype)
         self.primal = primal
         self.tangent = tangent
+        self.trace = None  # a Traced twin when the primal is also recorded on a reverse-mode tape
 
     def _value(self):
         return self.primal

@@ -1,0 +1,146 @@
+"""Checksummed, atomic downloads with the standard library.
+
+A checksum is written ``"sha256:<hex>"`` or ``"md5:<hex>"``. A download streams into a temporary
+file in the destination's directory and is renamed onto the destination (``os.replace``) only
+once its checksum matches, so an interrupted or corrupt download never leaves a partial file.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import tempfile
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+_HEX_LENGTHS = {"sha256": 64, "md5": 32}
+_CHUNK = 1 << 20
+
+
+class ChecksumError(ValueError):
+    """A file's content does not match its pinned checksum."""
+
+
+class DownloadError(OSError):
+    """No mirror delivered the file (network failure, HTTP error, ...)."""
+
+
+def parse_checksum(checksum: str) -> tuple[str, str]:
+    """Split ``"sha256:<hex>"`` / ``"md5:<hex>"`` into ``(algorithm, lowercase hex digest)``."""
+    algorithm, sep, digest = checksum.partition(":")
+    algorithm, digest = algorithm.strip().lower(), digest.strip().lower()
+    if not sep or algorithm not in _HEX_LENGTHS:
+        raise ValueError(f"checksum must look like 'sha256:<hex>' or 'md5:<hex>', got {checksum!r}")
+    if len(digest) != _HEX_LENGTHS[algorithm] or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"malformed {algorithm} digest in checksum {checksum!r}")
+    return algorithm, digest
+
+
+def _hasher(algorithm: str) -> Any:
+    if algorithm == "md5":  # integrity check against published MD5s, not a security use
+        return hashlib.md5(usedforsecurity=False)
+    return hashlib.new(algorithm)
+
+
+def bytes_checksum(data: bytes, algorithm: str = "sha256") -> str:
+    """Hex digest of ``data``."""
+    h = _hasher(algorithm)
+    h.update(data)
+    return h.hexdigest()
+
+
+def stream_checksum(stream: BinaryIO, algorithm: str = "sha256") -> str:
+    """Hex digest of everything left in a binary stream."""
+    h = _hasher(algorithm)
+    while chunk := stream.read(_CHUNK):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def file_checksum(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in chunks."""
+    with open(path, "rb") as f:
+        return stream_checksum(f, algorithm)
+
+
+def check_bytes(data: bytes, checksum: str, what: str) -> None:
+    """Raise :class:`ChecksumError` naming ``what`` unless ``data`` matches ``checksum``."""
+    algorithm, expected = parse_checksum(checksum)
+    actual = bytes_checksum(data, algorithm)
+    if actual != expected:
+        raise ChecksumError(f"{what}: {algorithm} is {actual}, expected {expected}")
+
+
+def check_file(path: str | os.PathLike, checksum: str) -> None:
+    """Raise :class:`ChecksumError` unless the file at ``path`` matches ``checksum``."""
+    algorithm, expected = parse_checksum(checksum)
+    actual = file_checksum(path, algorithm)
+    if actual != expected:
+        raise ChecksumError(f"{path}: {algorithm} is {actual}, expected {expected}")
+
+
+def download(urls: str | Sequence[str], dest: str | os.PathLike, checksum: str, *,
+             timeout: float = 60.0) -> Path:
+    """Download the first working URL of ``urls`` to ``dest`` and verify ``checksum``.
+
+    An existing ``dest`` with the right checksum is kept without any network access. Mirrors are
+    tried in order; a mirror that fails or serves wrong bytes is skipped. Only http(s) URLs are
+    accepted. Raises :class:`ChecksumError` when every mirror served wrong bytes, otherwise
+    :class:`DownloadError` listing each mirror's failure. No temporary file is left behind.
+    """
+    url_list = [urls] if isinstance(urls, str) else list(urls)
+    if not url_list:
+        raise ValueError("download: no URL given")
+    algorithm, expected = parse_checksum(checksum)
+    dest = Path(dest)
+    if dest.is_file() and file_checksum(dest, algorithm) == expected:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    failures: list[str] = []
+    all_checksum = True
+    for url in url_list:
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            raise ValueError(f"download: only http(s) URLs are allowed, got {url!r}")
+        try:
+            _fetch_verified(url, dest, algorithm, expected, timeout)
+            return dest
+        except ChecksumError as e:
+            failures.append(f"{url}: {e}")
+        except (OSError, http.client.HTTPException) as e:
+            all_checksum = False
+            failures.append(f"{url}: {type(e).__name__}: {e}")
+    detail = "\n  ".join(failures)
+    if all_checksum:
+        raise ChecksumError(f"{dest.name}: every mirror served a file with the wrong checksum "
+                            f"(nothing was saved):\n  {detail}")
+    raise DownloadError(f"could not download {dest.name}:\n  {detail}")
+
+
+def _fetch_verified(url: str, dest: Path, algorithm: str, expected: str, timeout: float) -> None:
+    """Stream ``url`` to a temporary file beside ``dest``; rename it onto ``dest`` if it verifies."""
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        h = _hasher(algorithm)
+        size = 0
+        request = urllib.request.Request(url, headers={"User-Agent": "dualtensor-data"})
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as resp:
+            while chunk := resp.read(_CHUNK):
+                h.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+            length = resp.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) != size:
+            raise DownloadError(f"incomplete transfer: received {size} of {length} bytes")
+        actual = h.hexdigest()
+        if actual != expected:
+            raise ChecksumError(f"{algorithm} of the {size} bytes received is {actual}, "
+                                f"expected {expected}")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
