@@ -1,1 +1,258 @@
-__all__: list = []
+"""2-d convolution (fused primitive): im2col through a strided view + one GEMM.
+
+The primal builds the im2col columns of the input once, ``cols`` of shape (B, G, C/G*kh*kw, Ho*Wo),
+and saves them (has_aux). Rules, for a (k, ...) tangent stack:
+
+* input tangents: the same convolution with k folded into the batch, (k, N, C, H, W) -> (k*N, C, H, W):
+  one im2col and one GEMM for all k tangents;
+* weight tangents: the saved primal columns times the weight tangents reshaped to (G, k*O/G, C/G*kh*kw),
+  one GEMM for all k (for short reductions C/G*kh*kw <= 64, one batched matmul that writes the
+  (k, N, O, Ho, Wo) result in place, which saves a transposed copy);
+* bias tangents: broadcast over N, H, W.
+
+The VJP uses col2im (a loop over the kh*kw kernel offsets adding strided slices), ``g @ cols^T`` for the
+weight and a sum for the bias. The window helpers here (``_windows``, ``_offsets``, ``_col2im``, ``_pad``)
+are shared with ``pool.py``.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+from ..backend import get_xp as _xp
+from ..core import Primitive
+
+__all__ = ["conv2d"]
+
+
+# ------------------------------------------------------------------------------ shared window helpers
+
+def _out_size(n: int, k: int, s: int, d: int) -> int:
+    """Number of windows of size k (dilation d, stride s) that fit in n (floor mode)."""
+    return (n - d * (k - 1) - 1) // s + 1
+
+
+def _pad(x: Any, pads: tuple, value: float = 0.0) -> Any:
+    """Pad the last two axes of x by pads = ((top, bottom), (left, right)) with ``value`` (no copy if 0)."""
+    (pt, pb), (pl, pr) = pads
+    if not (pt or pb or pl or pr):
+        return x
+    xp = _xp(x)
+    h, w = x.shape[-2:]
+    shape = x.shape[:-2] + (h + pt + pb, w + pl + pr)
+    out = xp.zeros(shape, dtype=x.dtype) if value == 0 else xp.full(shape, value, dtype=x.dtype)
+    out[..., pt:pt + h, pl:pl + w] = x
+    return out
+
+
+def _unpad(x: Any, pads: tuple, hw: tuple) -> Any:
+    """The (H, W) interior of a padded array (a view)."""
+    (pt, _), (pl, _) = pads
+    return x[..., pt:pt + hw[0], pl:pl + hw[1]]
+
+
+def _windows(x: Any, kernel: tuple, stride: tuple, dilation: tuple) -> Any:
+    """Strided view (..., kh, kw, Ho, Wo) of the kh x kw windows of x (..., H, W); no copy.
+
+    ``view[..., i, j, a, b] == x[..., a*sh + i*dh, b*sw + j*dw]``. Reshaping it to
+    (..., kh*kw*Ho*Wo) is the im2col copy (for 1x1 kernels with stride 1 it stays a view).
+    """
+    xp = _xp(x)
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    h, w = x.shape[-2:]
+    ho, wo = _out_size(h, kh, sh, dh), _out_size(w, kw, sw, dw)
+    s = x.strides
+    return xp.lib.stride_tricks.as_strided(
+        x, x.shape[:-2] + (kh, kw, ho, wo), s[:-2] + (s[-2] * dh, s[-1] * dw, s[-2] * sh, s[-1] * sw))
+
+
+def _offsets(kernel: tuple, stride: tuple, dilation: tuple, out_hw: tuple):
+    """For each kernel offset (i, j): the (rows, cols) slices of the padded input that it reads."""
+    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dilation, out_hw
+    for i in range(kh):
+        for j in range(kw):
+            yield i, j, (slice(i * dh, i * dh + sh * (ho - 1) + 1, sh), slice(j * dw, j * dw + sw * (wo - 1) + 1, sw))
+
+
+def _col2im(dcols: Any, padded_hw: tuple, kernel: tuple, stride: tuple, dilation: tuple) -> Any:
+    """Adjoint of im2col: sum dcols (..., kh, kw, Ho, Wo) back into a zero (..., Hp, Wp) array."""
+    xp = _xp(dcols)
+    lead, out_hw = dcols.shape[:-4], dcols.shape[-2:]
+    gx = xp.zeros(lead + tuple(padded_hw), dtype=dcols.dtype)
+    for i, j, (rs, cs) in _offsets(kernel, stride, dilation, out_hw):
+        gx[..., rs, cs] += dcols[..., i, j, :, :]
+    return gx
+
+
+def _pair(v: Any, name: str, op: str, minimum: int) -> tuple:
+    """An int or a pair of ints, each >= minimum, as a pair."""
+    try:
+        if isinstance(v, bool):
+            raise TypeError
+        if isinstance(v, (tuple, list)):
+            if len(v) != 2:
+                raise TypeError
+            p = (operator.index(v[0]), operator.index(v[1]))
+        else:
+            p = (operator.index(v),) * 2
+    except TypeError:
+        raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {v!r}") from None
+    if min(p) < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {v!r}")
+    return p
+
+
+def _shape_of(a: Any) -> tuple:
+    return tuple(getattr(a, "shape", ()))
+
+
+def _check_float(op: str, **arrays: Any) -> None:
+    for name, a in arrays.items():
+        dt = getattr(a, "dtype", None)
+        if a is not None and (dt is None or getattr(dt, "kind", "") != "f"):
+            raise TypeError(f"{op}: {name} must be a floating array, got {type(a).__name__} "
+                            f"with dtype {dt} and shape {_shape_of(a)}")
+
+
+# ------------------------------------------------------------------------------------------ conv2d
+
+def conv2d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
+           groups: int = 1) -> Any:
+    """2-d cross-correlation of (N, C, H, W) or (C, H, W) input with (O, C/groups, kh, kw) weights (torch semantics)."""
+    xs, ws = _shape_of(input), _shape_of(weight)
+    shapes = f"(input shape {xs}, weight shape {ws})"
+    if len(xs) not in (3, 4):
+        raise ValueError(f"conv2d: input must be 4-d (N, C, H, W) or 3-d (C, H, W), got shape {xs}")
+    if len(ws) != 4:
+        raise ValueError(f"conv2d: weight must be 4-d (out_channels, in_channels/groups, kh, kw), got shape {ws}")
+    _check_float("conv2d", input=input, weight=weight, bias=bias)
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"conv2d: groups must be a positive int, got {groups!r}")
+    c, h, w = xs[-3:]
+    o, cg, kh, kw = ws
+    if c % groups or o % groups:
+        raise ValueError(f"conv2d: groups={groups} must divide both the input channels ({c}) and the output "
+                         f"channels ({o}) {shapes}")
+    if cg * groups != c:
+        raise ValueError(f"conv2d: input has {c} channels but weight expects {cg * groups} "
+                         f"(= {cg} per group x groups={groups}) {shapes}")
+    if kh < 1 or kw < 1:
+        raise ValueError(f"conv2d: empty kernel {shapes}")
+    if bias is not None and _shape_of(bias) != (o,):
+        raise ValueError(f"conv2d: bias has shape {_shape_of(bias)}, expected ({o},) {shapes}")
+    st = _pair(stride, "stride", "conv2d", 1)
+    dil = _pair(dilation, "dilation", "conv2d", 1)
+    if isinstance(padding, str):
+        if padding == "valid":
+            pads = ((0, 0), (0, 0))
+        elif padding == "same":
+            if st != (1, 1):
+                raise ValueError("conv2d: padding='same' is not supported for strided convolutions "
+                                 f"(stride={stride!r})")
+            tot = (dil[0] * (kh - 1), dil[1] * (kw - 1))
+            # the odd unit of padding goes at the end, as torch
+            pads = ((tot[0] // 2, tot[0] - tot[0] // 2), (tot[1] // 2, tot[1] - tot[1] // 2))
+        else:
+            raise ValueError(f"conv2d: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+    else:
+        p = _pair(padding, "padding", "conv2d", 0)
+        pads = ((p[0], p[0]), (p[1], p[1]))
+    hp, wp = h + sum(pads[0]), w + sum(pads[1])
+    ekh, ekw = dil[0] * (kh - 1) + 1, dil[1] * (kw - 1) + 1
+    if ekh > hp or ekw > wp:
+        raise ValueError(f"conv2d: kernel size ({ekh}, {ekw}) (dilated) is larger than the padded input size "
+                         f"({hp}, {wp}) {shapes}")
+    out, _ = _conv2d(input, weight, bias, stride=st, pads=pads, dilation=dil, groups=groups)
+    return out
+
+
+def _im2col(x: Any, kernel: tuple, stride: tuple, pads: tuple, dilation: tuple, groups: int) -> Any:
+    """Columns (B, G, C/G*kh*kw, Ho*Wo) of x (B, C, H, W), rows ordered (c, i, j) like the weight."""
+    b, c = x.shape[:2]
+    v = _windows(_pad(x, pads), kernel, stride, dilation)  # (B, C, kh, kw, Ho, Wo) view
+    return v.reshape(b, groups, (c // groups) * kernel[0] * kernel[1], v.shape[-2] * v.shape[-1])
+
+
+def _gemm(cols: Any, w: Any, groups: int) -> Any:
+    """(G, O/G, C/G*kh*kw) @ (B, G, C/G*kh*kw, L) -> (B, O, L)."""
+    o = w.shape[0]
+    out = w.reshape(groups, o // groups, -1) @ cols
+    return out.reshape(cols.shape[0], o, cols.shape[-1])
+
+
+def _conv2d_impl(x, w, b, *, stride, pads, dilation, groups):
+    lead = x.shape[:-3]
+    x4 = x.reshape((-1,) + x.shape[-3:])
+    cols = _im2col(x4, w.shape[-2:], stride, pads, dilation, groups)
+    out = _gemm(cols, w, groups)
+    if b is not None:
+        out += b[:, None]
+    hp, wp = x.shape[-2] + sum(pads[0]), x.shape[-1] + sum(pads[1])
+    out_hw = (_out_size(hp, w.shape[2], stride[0], dilation[0]), _out_size(wp, w.shape[3], stride[1], dilation[1]))
+    return out.reshape(lead + (w.shape[0],) + out_hw), cols
+
+
+# C/G*kh*kw up to which the weight-tangent term uses k*B small GEMMs written in place instead of one
+# tall GEMM plus a transposed copy (measured on CPU: about 1.5x faster for 3x3 kernels on 3 channels)
+_SMALL_CKK = 64
+
+
+def _conv2d_jvp(tangents, ans, x, w, b, *, stride, pads, dilation, groups):
+    tx, tw, tb = tangents
+    out, cols = ans
+    k = next(t.shape[0] for t in tangents if t is not None)
+    res = None
+    if tx is not None:  # conv(tx, W): k folded into the batch, one im2col + one GEMM
+        tcols = _im2col(tx.reshape((-1,) + x.shape[-3:]), w.shape[-2:], stride, pads, dilation, groups)
+        res = _gemm(tcols, w, groups).reshape((k,) + out.shape)
+    if tw is not None:  # conv(x, tW) from the saved primal columns, one matmul call for all k
+        o, g = w.shape[0], groups
+        nb, ckk, length = cols.shape[0], cols.shape[2], cols.shape[-1]
+        if ckk <= _SMALL_CKK:
+            # short reduction: the GEMM is bound by writing its output, so write it in place as (k, B, G, O/G, L)
+            y = tw.reshape(k, 1, g, o // g, ckk) @ cols
+        else:
+            # one GEMM with k*O/G rows per group (better blocking), then a transposed add/copy to (k, B, ...)
+            twm = tw.reshape(k, g, o // g, ckk).transpose(1, 0, 2, 3).reshape(g, k * (o // g), ckk)
+            y = (twm @ cols).reshape(nb, g, k, o // g, length).transpose(2, 0, 1, 3, 4)  # (k, B, G, O/G, L)
+        if res is None:
+            res = _xp(y).ascontiguousarray(y).reshape((k,) + out.shape)
+        else:
+            r = res.reshape(k, nb, g, o // g, length)  # a view of the fresh, contiguous res
+            r += y
+            res = r.reshape((k,) + out.shape)
+    if tb is not None:
+        tbl = tb.reshape((k,) + (1,) * (out.ndim - 3) + (out.shape[-3], 1, 1))
+        if res is None:
+            res = _xp(tb).broadcast_to(tbl, (k,) + out.shape)
+        else:
+            res += tbl
+    return res
+
+
+def _conv2d_vjp_x(g, ans, x, w, b, *, stride, pads, dilation, groups):
+    out, cols = ans
+    nb, length = cols.shape[0], cols.shape[-1]
+    o, cg, kh, kw = w.shape
+    gm = g.reshape(nb, groups, o // groups, length)
+    dcols = w.reshape(groups, o // groups, -1).swapaxes(-1, -2) @ gm  # (B, G, C/G*kh*kw, L)
+    dcols = dcols.reshape((nb, cg * groups, kh, kw) + out.shape[-2:])
+    hw = x.shape[-2:]
+    gx = _col2im(dcols, (hw[0] + sum(pads[0]), hw[1] + sum(pads[1])), (kh, kw), stride, dilation)
+    return _unpad(gx, pads, hw).reshape(x.shape)
+
+
+def _conv2d_vjp_w(g, ans, x, w, b, *, stride, pads, dilation, groups):
+    cols = ans[1]
+    nb, length = cols.shape[0], cols.shape[-1]
+    o = w.shape[0]
+    gm = g.reshape(nb, groups, o // groups, length)
+    return (gm @ cols.swapaxes(-1, -2)).sum(axis=0).reshape(w.shape)
+
+
+def _conv2d_vjp_b(g, ans, x, w, b, *, stride, pads, dilation, groups):
+    return g.sum(axis=tuple(range(g.ndim - 3)) + (-2, -1))
+
+
+_conv2d = Primitive("conv2d", _conv2d_impl, jvp=_conv2d_jvp, has_aux=True,
+                    vjps=[_conv2d_vjp_x, _conv2d_vjp_w, _conv2d_vjp_b])

@@ -1,0 +1,282 @@
+"""Activity perturbation: forward gradients from tangents injected at every block's output.
+
+One forward pass carries all k tangents. Block i's output a_i gets the tangent
+``J_i(earlier tangents) + V_i``, so the per-sample loss's directional derivative is
+``d[j, b] = sum_i <dl_b/da_i, V_i[j, b]>`` — the true activation gradient (the one backprop
+would see) against the concatenated tangent. Each sample's activation gradient is estimated
+from (d, V) by an aggregator (projection by default), and each block's parameter gradient
+is the block-local VJP of its slice of that estimate: no global backward pass, and the primal
+is computed once.
+
+Two ways to get the block-local VJPs (``keep``):
+* ``"tape"`` (default): the forward pass also records each block's primal computation on a
+  reverse-mode tape (parameters are Traced), so the VJP needs no recomputation; memory holds
+  each block's intermediates, as backprop does.
+* ``"recompute"``: only block inputs are kept; each block is re-run on the tape afterwards
+  (one extra primal forward per block; batch-norm buffers and dropout RNG state are restored
+  so the re-run sees exactly what the forward pass saw).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..autodiff import _backward, vjp
+from ..backend import get_xp
+from ..tensor import DualTensor, Traced, Zero
+from . import samplers as _samplers
+from .aggregators import get_aggregator
+from .samplers import as_generator, get_sampler, validate_tangents
+
+__all__ = ["ActivityResult", "activity_gradient", "exact_activation_gradients", "activation_sizes"]
+
+# i.i.d. samplers: drawing each block's slice separately is the same as drawing the whole vector,
+# so their tangents are drawn block by block during the forward pass (no size probe needed)
+_IID = {_samplers.normal, _samplers.rademacher}
+
+
+@dataclass
+class ActivityResult:
+    """What one activity-perturbation step produced."""
+
+    loss: float                         # mean per-sample loss (primal)
+    grads: dict                         # parameter name -> gradient estimate (same shape/dtype as the data)
+    d: Any                              # directional derivatives, shape (k, B)
+    sizes: list                         # per-sample activation size of each block
+    estimate: Any = None                # per-sample activation-gradient estimate (B, n), when requested
+    tangents: Any = None                # the (k, B, n) tangents, when requested
+    extras: dict = field(default_factory=dict)
+
+
+def _block_params(block: Any) -> list[tuple[str, Any]]:
+    return list(block.named_parameters())
+
+
+def _snapshot(block: Any) -> list:
+    """Buffers and RNG states a re-run would change (batch-norm statistics, dropout masks)."""
+    saved = []
+    for m in block.modules():
+        for name, b in m._buffers.items():
+            if b is not None:
+                saved.append(("buf", m, name, b.copy()))
+        rng = getattr(m, "rng", None)
+        if rng is not None and hasattr(rng, "bit_generator"):
+            saved.append(("rng", m, "rng", copy.deepcopy(rng.bit_generator.state)))
+    return saved
+
+
+def _restore(saved: list) -> None:
+    for kind, m, name, value in saved:
+        if kind == "buf":
+            m._buffers[name][...] = value
+        else:
+            m.rng.bit_generator.state = value
+
+
+def exact_activation_gradients(blocks: Sequence[Any], loss_fn: Callable, x: Any, y: Any,
+                               shapes: Sequence[tuple]) -> list:
+    """Gradients of the summed per-sample loss w.r.t. every block output (reverse mode), a
+    standalone reference: ``shapes`` are the block output shapes; the blocks run in their current
+    mode (in train mode this advances batch-norm statistics and dropout generators once more)."""
+    xp = get_xp(x)
+
+    def f(*eps):  # the same forward, with a zero "perturbation" leaf added to every block output
+        h = x
+        for b, e in zip(blocks, eps):
+            h = b(h) + e
+        return loss_fn(h, y).sum()
+
+    out, fn = vjp(f, *[xp.zeros(s, dtype=x.dtype) for s in shapes])
+    return list(fn(xp.ones_like(out)))
+
+
+def _probe(blocks: Sequence[Any], x: Any) -> tuple[list[int], Any]:
+    """Per-sample output sizes of the blocks and the dtype of the last one, from one batch-1 pass
+    on plain arrays in eval mode (no batch-norm statistics or dropout state change)."""
+    mods = [m for b in blocks for m in b.modules()]
+    modes = [m.training for m in mods]
+    for m in mods:
+        object.__setattr__(m, "training", False)
+    try:
+        h, sizes = x[:1], []
+        for b in blocks:
+            h = b(h)
+            sizes.append(int(np.prod(h.shape[1:])))
+    finally:
+        for m, t in zip(mods, modes):
+            object.__setattr__(m, "training", t)
+    return sizes, h.dtype
+
+
+def activation_sizes(blocks: Sequence[Any], x: Any) -> list[int]:
+    """Per-sample output size of each block for inputs like ``x`` (one batch-1 forward pass on plain
+    arrays in eval mode: no batch-norm statistics or dropout state change)."""
+    return _probe(list(blocks), x)[0]
+
+
+def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int | None = None,
+                      sampler: Any = "normal", aggregate: Any = "projection", rng: Any = None,
+                      shared: bool = False, scale: bool = False, simulated: bool = False, keep: str = "tape",
+                      blocks: Sequence[Any] | None = None, tangents: Any = None,
+                      return_estimate: bool = False) -> ActivityResult:
+    """Activity-perturbed forward gradient of ``mean_b loss_fn(model(x), y)[b]`` w.r.t. the parameters.
+
+    ``loss_fn(logits, y)`` must return per-sample losses of shape (B,) (e.g.
+    ``cross_entropy(..., reduction="none")``). ``model.blocks()`` (or ``blocks``) gives the
+    perturbed block partition. ``k`` tangents per sample are drawn with ``sampler`` (a name, a
+    sampler callable as in :mod:`~dualtensor.fgrad.samplers`) from ``rng`` (seed or Generator),
+    independently per sample unless ``shared``; i.i.d. samplers (normal, rademacher) are drawn
+    block by block, structured ones (orthonormal, basis, cone, ...) over the whole per-sample
+    activation vector of size n (found by :func:`activation_sizes`). ``tangents`` may supply the
+    (k, B, n) tangents instead. ``aggregate``: a name or a callable ``(d, V) -> estimate``;
+    ``scale=True`` asks the projection for its norm correction. ``simulated=True`` replaces the
+    forward-mode directional derivatives by exact ones, ``d = V · g`` with g the per-sample
+    gradients of the summed losses w.r.t. every block output from one reverse pass (the forward
+    then carries no tangents; the same rng draws the same tangents; same aggregation; batch-norm
+    statistics and dropout masks advance once, as in a real step), for analysis.
+    Returns an :class:`ActivityResult`; ``grads`` is keyed by parameter
+    name (every parameter of the blocks; a parameter used by several blocks gets the sum).
+    """
+    if keep not in ("tape", "recompute"):
+        raise ValueError(f"activity_gradient: keep must be 'tape' or 'recompute', got {keep!r}")
+    blocks = list(model.blocks() if blocks is None else blocks)
+    if not blocks:
+        raise ValueError("activity_gradient: the model has no blocks to perturb")
+    names = {id(p): n for n, p in model.named_parameters()}
+    xp = get_xp(x)
+    B = x.shape[0]
+    if tangents is not None:
+        if k is None:
+            k = tangents.shape[0]
+        if tangents.ndim != 3:
+            raise ValueError(f"activity_gradient: tangents must have shape (k, B, n), got {tuple(tangents.shape)}")
+        validate_tangents(tangents, k, (tangents.shape[-1],), batch=B, xp=xp)
+    elif k is None or int(k) != k or k < 1:
+        raise ValueError(f"activity_gradient: k must be a positive integer (or pass tangents=), got {k!r}")
+    k = int(k)
+    agg = get_aggregator(aggregate, scale=True) if scale else get_aggregator(aggregate)
+    V = tangents
+    draw = None
+    if V is None:
+        draw = get_sampler(sampler)
+        rng = as_generator(rng, xp)  # one generator for all blocks (a seed must not restart per block)
+        base = getattr(draw, "func", draw)
+        if base not in _IID:  # structured: draw the whole (k, B, n) at once
+            probe_sizes, dtype = _probe(blocks, x)  # costs 1/B of a primal forward pass
+            V = draw(k, (sum(probe_sizes),), rng, dtype=dtype, xp=xp, batch=B, shared=shared)
+            draw = None
+
+    leaves: dict[int, tuple[str, Any]] = {}       # traced leaf id -> (name, parameter)
+    traces, inputs, sizes, shapes, V_parts, sim_leaves = [], [], [], [], [], []
+    h: Any = x
+    offset = 0
+    for i, block in enumerate(blocks):
+        params = _block_params(block)
+        if keep == "tape":
+            subs = {}
+            for n, p in params:
+                t = Traced(p.data)
+                subs[n] = t
+                leaves[t.id] = (names.get(id(p), n), p)
+            with block.substitute(subs):
+                out = block(h)
+        else:
+            inputs.append((h.primal if type(h) is DualTensor else h.value if type(h) is Traced else h,
+                           _snapshot(block)))
+            out = block(h)
+        primal = out.primal if type(out) is DualTensor else out.value if type(out) is Traced else out
+        traces.append(out.trace if type(out) is DualTensor else out if type(out) is Traced else None)
+        if primal.ndim < 1 or primal.shape[0] != B:
+            raise ValueError(f"activity_gradient: block {i} returned shape {primal.shape}, expected batch {B} first")
+        shapes.append(primal.shape)
+        n_i = int(np.prod(primal.shape[1:]))
+        sizes.append(n_i)
+        if draw is not None:
+            v_i = draw(k, (n_i,), rng, dtype=primal.dtype, xp=xp, batch=B, shared=shared)
+            V_parts.append(v_i)
+        else:
+            if offset + n_i > V.shape[-1]:
+                raise ValueError(f"activity_gradient: tangents have {V.shape[-1]} activation entries per sample, "
+                                 f"but block {i} ends at entry {offset + n_i}")
+            v_i = V[:, :, offset:offset + n_i]
+        offset += n_i
+        v_i = v_i.reshape(k, *primal.shape)
+        if v_i.dtype != primal.dtype:
+            v_i = v_i.astype(primal.dtype)
+        if simulated:  # reverse mode only: a tape leaf per block output gives its exact gradient
+            h = Traced(primal)
+            sim_leaves.append(h)
+        else:
+            t_in = out.tangent + v_i if type(out) is DualTensor and type(out.tangent) is not Zero else v_i
+            h = DualTensor(primal, t_in)  # a fresh tape boundary: the next block sees a constant input
+    if V is not None and offset != V.shape[-1]:
+        raise ValueError(f"activity_gradient: tangents have {V.shape[-1]} activation entries per sample, "
+                         f"the blocks produce {offset}")
+
+    per_sample = loss_fn(h, y)
+    if type(per_sample) is not (Traced if simulated else DualTensor) or per_sample.shape != (B,):
+        raise ValueError(f"activity_gradient: loss_fn must return per-sample losses of shape ({B},) "
+                         f"(e.g. reduction='none'), got {getattr(per_sample, 'shape', type(per_sample))}")
+    loss = float((per_sample.value if simulated else per_sample.primal).mean())
+    if V is None:
+        V = V_parts[0] if len(V_parts) == 1 else xp.concatenate(V_parts, axis=-1)
+    if simulated:  # exact gradients of the summed per-sample losses w.r.t. every block output:
+        # backprop block by block (block i's input is the tape leaf holding block i-1's output)
+        def grad_of(got: dict, leaf: Any) -> Any:
+            return got[leaf.id] if leaf.id in got else xp.zeros_like(leaf.value)
+
+        exact = [None] * len(blocks)
+        exact[-1] = grad_of(_backward([per_sample], [xp.ones_like(per_sample.value)]), sim_leaves[-1])
+        for i in range(len(blocks) - 1, 0, -1):
+            tr = traces[i]
+            got = _backward([tr], [exact[i]]) if tr is not None else {}
+            exact[i - 1] = grad_of(got, sim_leaves[i - 1])
+        g_flat = xp.concatenate([e.reshape(B, -1) for e in exact], axis=1)
+        d = xp.einsum("kbn,bn->kb", V, g_flat.astype(V.dtype, copy=False))
+    else:
+        d = per_sample.tangent_array()
+    est = agg(d, V)  # (B, n): per-sample dl_b/da estimate
+    cot = est * (1.0 / B)  # the objective is the batch mean
+
+    grads: dict[str, Any] = {}
+
+    def add(name: str, g: Any) -> None:
+        grads[name] = grads[name] + g if name in grads else g
+
+    off = 0
+    if keep == "tape":
+        outs, cots = [], []
+        for tr, shape, n_i in zip(traces, shapes, sizes):
+            if tr is not None:
+                outs.append(tr)
+                cots.append(cot[:, off:off + n_i].reshape(shape).astype(tr.value.dtype, copy=False))
+            off += n_i
+        got = _backward(outs, cots) if outs else {}
+        for lid, (name, p) in leaves.items():
+            add(name, got[lid] if lid in got else xp.zeros_like(p.data))
+    else:
+        for block, (inp, saved), shape, n_i in zip(blocks, inputs, shapes, sizes):
+            params = _block_params(block)
+            c = cot[:, off:off + n_i].reshape(shape)
+            off += n_i
+            if not params:
+                continue
+            now = _snapshot(block)
+            _restore(saved)
+            pnames = [n for n, _ in params]
+
+            def run(*vals, block=block, inp=inp, pnames=pnames):
+                with block.substitute(dict(zip(pnames, vals))):
+                    return block(inp)
+
+            try:
+                out_value, fn = vjp(run, *[p.data for _, p in params])
+            finally:
+                _restore(now)
+            for (n, p), g in zip(params, fn(c.astype(out_value.dtype, copy=False))):
+                add(names.get(id(p), n), g)
+    return ActivityResult(loss, grads, d, sizes, est if return_estimate else None,
+                          V if return_estimate else None)

@@ -1,0 +1,191 @@
+"""Rules of conv2d: loop references, finite differences, stacking, adjoints, options and errors."""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import dualtensor as dt
+from dualtensor import nn
+from dualtensor.ops import conv as conv_mod
+from opcheck import check_rules, make, noncontig, to_np
+
+
+def ref_conv2d(x, w, b=None, stride=(1, 1), pads=((0, 0), (0, 0)), dilation=(1, 1), groups=1):
+    """Direct loop convolution (tiny sizes only); pads = ((top, bottom), (left, right))."""
+    unbatched = x.ndim == 3
+    if unbatched:
+        x = x[None]
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    xp_ = np.zeros((n, c, h + sum(pads[0]), wd + sum(pads[1])))
+    xp_[:, :, pads[0][0]:pads[0][0] + h, pads[1][0]:pads[1][0] + wd] = x
+    ho = (xp_.shape[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (xp_.shape[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    og = o // groups
+    out = np.zeros((n, o, ho, wo))
+    for oc in range(o):
+        g = oc // og
+        for a in range(ho):
+            for bb in range(wo):
+                acc = np.zeros(n)
+                for ci in range(cg):
+                    for i in range(kh):
+                        for j in range(kw):
+                            acc += w[oc, ci, i, j] * xp_[:, g * cg + ci, a * stride[0] + i * dilation[0],
+                                                         bb * stride[1] + j * dilation[1]]
+                out[:, oc, a, bb] = acc + (0.0 if b is None else b[oc])
+    return out[0] if unbatched else out
+
+
+def sym(p):
+    return ((p[0], p[0]), (p[1], p[1]))
+
+
+@st.composite
+def conv_configs(draw):
+    groups = draw(st.sampled_from([1, 1, 2]))
+    cg, og = draw(st.integers(1, 4 // groups)), draw(st.integers(1, 4 // groups))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    dil = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    pad = (draw(st.integers(0, 1)), draw(st.integers(0, 1)))
+    # spatial size at least the dilated kernel minus the padding
+    h = draw(st.integers(max(3, dil[0] * (kh - 1) + 1 - 2 * pad[0]), 9))
+    w = draw(st.integers(max(3, dil[1] * (kw - 1) + 1 - 2 * pad[1]), 9))
+    batch = draw(st.sampled_from([(1,), (2,), ()]))
+    return dict(xshape=batch + (cg * groups, h, w), wshape=(og * groups, cg, kh, kw), stride=stride, dilation=dil,
+                padding=pad, groups=groups, bias=draw(st.booleans()), contiguous=draw(st.booleans()),
+                diff=draw(st.sampled_from([(0, 1, 2), (0,), (1,), (0, 2)])))
+
+
+@given(cfg=conv_configs(), seed=st.integers(0, 2 ** 16))
+def test_conv2d_rules(xp, cfg, seed):
+    x = make(xp, cfg["xshape"], seed)
+    w = make(xp, cfg["wshape"], seed + 1)
+    b = make(xp, (cfg["wshape"][0],), seed + 2) if cfg["bias"] else None
+    if not cfg["contiguous"]:
+        x, w = noncontig(x), noncontig(w)
+    opts = dict(stride=cfg["stride"], padding=cfg["padding"], dilation=cfg["dilation"], groups=cfg["groups"])
+    diff = tuple(i for i in cfg["diff"] if i < 2 or b is not None)
+
+    def f(x, w, b):
+        return dt.conv2d(x, w, b, **opts)
+
+    def ref(x, w, b):
+        return ref_conv2d(x, w, b, cfg["stride"], sym(cfg["padding"]), cfg["dilation"], cfg["groups"])
+
+    check_rules(f, (x, w, b), diff=diff, ref=ref)
+
+
+@pytest.mark.parametrize("kernel,dilation", [((3, 3), (1, 1)), ((2, 4), (1, 1)), ((2, 3), (2, 1))])
+def test_conv2d_same_and_valid_padding(xp, kernel, dilation):
+    x, w, b = make(xp, (2, 2, 6, 7), 0), make(xp, (3, 2) + kernel, 1), make(xp, (3,), 2)
+    tot = [d * (k - 1) for k, d in zip(kernel, dilation)]
+    pads = tuple((t // 2, t - t // 2) for t in tot)  # torch puts the odd extra padding at the end
+    out = check_rules(lambda x, w, b: dt.conv2d(x, w, b, padding="same", dilation=dilation), (x, w, b), diff=(0, 1, 2),
+                      ref=lambda x, w, b: ref_conv2d(x, w, b, pads=pads, dilation=dilation))
+    assert out.shape[-2:] == (6, 7)
+    check_rules(lambda x, w: dt.conv2d(x, w, padding="valid", dilation=dilation), (x, w), diff=(0, 1),
+                ref=lambda x, w: ref_conv2d(x, w, dilation=dilation))
+
+
+def test_conv2d_k8_stacked(xp):
+    x, w, b = make(xp, (2, 4, 6, 5), 3), make(xp, (4, 2, 3, 2), 4), make(xp, (4,), 5)
+    check_rules(lambda x, w, b: dt.conv2d(x, w, b, stride=(2, 1), padding=1, dilation=(1, 2), groups=2), (x, w, b),
+                diff=(0, 1, 2), k=8,
+                ref=lambda x, w, b: ref_conv2d(x, w, b, (2, 1), sym((1, 1)), (1, 2), 2))
+
+
+@pytest.mark.parametrize("small_ckk", [0, 10 ** 9])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv2d_weight_tangent_both_gemm_layouts(xp, monkeypatch, small_ckk, groups):
+    monkeypatch.setattr(conv_mod, "_SMALL_CKK", small_ckk)
+    x, w, b = noncontig(make(xp, (2, 4, 5, 6), 8)), make(xp, (6, 4 // groups, 2, 3), 9), make(xp, (6,), 10)
+    ref = lambda x, w, b: ref_conv2d(x, w, b, (1, 2), sym((1, 0)), (2, 1), groups)  # noqa: E731
+    f = lambda x, w, b: dt.conv2d(x, w, b, stride=(1, 2), padding=(1, 0), dilation=(2, 1), groups=groups)  # noqa: E731
+    check_rules(f, (x, w, b), diff=(1,), k=4, ref=ref)
+    check_rules(f, (x, w, b), diff=(0, 1, 2), k=4)
+
+
+def test_conv2d_float32_preserved(xp):
+    x = make(xp, (2, 3, 8, 8), 0, dtype=np.float32)
+    w = make(xp, (4, 3, 3, 3), 1, dtype=np.float32)
+    b = make(xp, (4,), 2, dtype=np.float32)
+    rng = np.random.default_rng(0)
+    tx = xp.asarray(rng.standard_normal((5, *x.shape)).astype(np.float32))
+    tw = xp.asarray(rng.standard_normal((5, *w.shape)).astype(np.float32))
+    tb = xp.asarray(rng.standard_normal((5, *b.shape)).astype(np.float32))
+    y = dt.conv2d(dt.DualTensor(x, tx), dt.DualTensor(w, tw), dt.DualTensor(b, tb), padding=1)
+    assert y.primal.dtype == np.float32 and y.tangent.dtype == np.float32
+    assert dt.conv2d(x, w, b).dtype == np.float32
+    _, vjp_fn = dt.vjp(lambda x, w, b: dt.conv2d(x, w, b, stride=2, padding=1), x, w, b)
+    for g in vjp_fn(xp.ones((2, 4, 4, 4), np.float32)):
+        assert g.dtype == np.float32
+    # float32 result agrees with the float64 computation
+    y64 = dt.conv2d(dt.DualTensor(x.astype(np.float64), tx.astype(np.float64)),
+                    dt.DualTensor(w.astype(np.float64), tw.astype(np.float64)),
+                    dt.DualTensor(b.astype(np.float64), tb.astype(np.float64)), padding=1)
+    np.testing.assert_allclose(to_np(y.tangent), to_np(y64.tangent), rtol=1e-4, atol=1e-4)
+
+
+def test_conv2d_im2col_once_per_call(xp, monkeypatch):
+    """The primal columns are built once and reused; input tangents share one more im2col for all k."""
+    calls = []
+    orig = conv_mod._im2col
+    monkeypatch.setattr(conv_mod, "_im2col", lambda x, *a: calls.append(x.shape) or orig(x, *a))
+    x, w = make(xp, (2, 3, 6, 6), 0), make(xp, (4, 3, 3, 3), 1)
+    k = 5
+    rng = np.random.default_rng(1)
+    tx, tw = (xp.asarray(rng.standard_normal((k, *a.shape))) for a in (x, w))
+    dt.conv2d(x, dt.DualTensor(w, tw))
+    assert calls == [(2, 3, 6, 6)]
+    calls.clear()
+    dt.conv2d(dt.DualTensor(x, tx), dt.DualTensor(w, tw))
+    assert calls == [(2, 3, 6, 6), (k * 2, 3, 6, 6)]
+
+
+def test_conv2d_bias_only_tangent(xp):
+    x, w, b = make(xp, (2, 3, 5, 5), 0), make(xp, (4, 3, 3, 3), 1), make(xp, (4,), 2)
+    tb = xp.asarray(np.arange(8.0).reshape(2, 4))
+    y = dt.conv2d(x, w, dt.DualTensor(b, tb))
+    want = np.broadcast_to(np.arange(8.0).reshape(2, 1, 4, 1, 1), (2, 2, 4, 3, 3))
+    np.testing.assert_array_equal(to_np(y.tangent), want)
+
+
+def test_conv2d_works_on_parameters_and_module():
+    x = make(np, (2, 3, 6, 6), 0, dtype=np.float32)
+    layer = nn.Conv2d(3, 4, 3, padding=1)
+    y = layer(x)
+    assert y.shape == (2, 4, 6, 6)
+    want = ref_conv2d(x.astype(np.float64), layer.weight.data.astype(np.float64), layer.bias.data.astype(np.float64),
+                      pads=sym((1, 1)))
+    np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("xs,ws,kw,match", [
+    ((2, 3, 8, 8), (5, 4, 3, 3), {}, r"conv2d: input has 3 channels but weight expects 4 "
+                                        r".*\(2, 3, 8, 8\).*\(5, 4, 3, 3\)"),
+    ((2, 4, 8, 8), (6, 2, 3, 3), {"groups": 3}, r"conv2d: groups=3 must divide .*input shape \(2, 4, 8, 8\)"),
+    ((2, 4, 8, 8), (5, 2, 3, 3), {"groups": 2}, r"conv2d: groups=2 must divide .*output channels \(5\)"),
+    ((1, 2, 3, 3), (2, 2, 5, 5), {}, r"conv2d: kernel size \(5, 5\).*larger than the padded input size \(3, 3\)"),
+    ((1, 2, 4, 3), (2, 2, 3, 3), {"dilation": 2}, r"conv2d: kernel size \(5, 5\) \(dilated\).*\(4, 3\)"),
+    ((3, 8), (5, 3, 3, 3), {}, r"conv2d: input must be 4-d .* got shape \(3, 8\)"),
+    ((1, 2, 3, 8, 8), (5, 3, 3, 3), {}, r"conv2d: input must be 4-d"),
+    ((2, 3, 8, 8), (5, 3, 3), {}, r"conv2d: weight must be 4-d .* got shape \(5, 3, 3\)"),
+    ((2, 3, 8, 8), (5, 3, 3, 3), {"stride": 2, "padding": "same"}, r"conv2d: padding='same' is not supported"),
+    ((2, 3, 8, 8), (5, 3, 3, 3), {"padding": "full"}, r"conv2d: padding must be"),
+    ((2, 3, 8, 8), (5, 3, 3, 3), {"padding": -1}, r"conv2d: padding must be >= 0"),
+    ((2, 3, 8, 8), (5, 3, 3, 3), {"stride": 0}, r"conv2d: stride must be >= 1"),
+    ((2, 3, 8, 8), (5, 3, 3, 3), {"dilation": (1, 2, 3)}, r"conv2d: dilation must be an int or a pair"),
+    ((2, 3, 8, 8), (5, 3, 3, 3), {"groups": 0}, r"conv2d: groups must be a positive int"),
+])
+def test_conv2d_bad_input(xs, ws, kw, match):
+    with pytest.raises(ValueError, match=match):
+        dt.conv2d(np.zeros(xs), np.zeros(ws), **kw)
+
+
+def test_conv2d_bad_bias_and_dtype():
+    x, w = np.zeros((2, 3, 8, 8)), np.zeros((5, 3, 3, 3))
+    with pytest.raises(ValueError, match=r"conv2d: bias has shape \(4,\), expected \(5,\)"):
+        dt.conv2d(x, w, np.zeros(4))
+    with pytest.raises(TypeError, match=r"conv2d: input must be a floating array.*int"):
+        dt.conv2d(np.zeros((2, 3, 8, 8), dtype=np.int64), w)
