@@ -1,4 +1,10 @@
-"""Rules of conv2d: loop references, finite differences, stacking, adjoints, options and errors."""
+"""Rules of conv2d: loop references, finite differences, stacking, adjoints, options and errors.
+
+Both column layouts are covered: batched (B, G, CKK, L) and flat (G, CKK, B*L), forced through
+``conv._FLAT_MAX_L`` (0: always batched; huge: always flat).
+"""
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -40,6 +46,19 @@ def sym(p):
     return ((p[0], p[0]), (p[1], p[1]))
 
 
+LAYOUTS = {"batched": 0, "flat": 10 ** 9}
+
+
+@contextlib.contextmanager
+def layout(name):
+    """Force the column layout (usable inside hypothesis tests, unlike monkeypatch)."""
+    old, conv_mod._FLAT_MAX_L = conv_mod._FLAT_MAX_L, LAYOUTS[name]
+    try:
+        yield
+    finally:
+        conv_mod._FLAT_MAX_L = old
+
+
 @st.composite
 def conv_configs(draw):
     groups = draw(st.sampled_from([1, 1, 2]))
@@ -54,7 +73,7 @@ def conv_configs(draw):
     batch = draw(st.sampled_from([(1,), (2,), ()]))
     return dict(xshape=batch + (cg * groups, h, w), wshape=(og * groups, cg, kh, kw), stride=stride, dilation=dil,
                 padding=pad, groups=groups, bias=draw(st.booleans()), contiguous=draw(st.booleans()),
-                diff=draw(st.sampled_from([(0, 1, 2), (0,), (1,), (0, 2)])))
+                diff=draw(st.sampled_from([(0, 1, 2), (0,), (1,), (0, 2)])), layout=draw(st.sampled_from(list(LAYOUTS))))
 
 
 @given(cfg=conv_configs(), seed=st.integers(0, 2 ** 16))
@@ -73,7 +92,8 @@ def test_conv2d_rules(xp, cfg, seed):
     def ref(x, w, b):
         return ref_conv2d(x, w, b, cfg["stride"], sym(cfg["padding"]), cfg["dilation"], cfg["groups"])
 
-    check_rules(f, (x, w, b), diff=diff, ref=ref)
+    with layout(cfg["layout"]):
+        check_rules(f, (x, w, b), diff=diff, ref=ref)
 
 
 @pytest.mark.parametrize("kernel,dilation", [((3, 3), (1, 1)), ((2, 4), (1, 1)), ((2, 3), (2, 1))])
@@ -88,17 +108,20 @@ def test_conv2d_same_and_valid_padding(xp, kernel, dilation):
                 ref=lambda x, w: ref_conv2d(x, w, dilation=dilation))
 
 
-def test_conv2d_k8_stacked(xp):
+@pytest.mark.parametrize("lay", list(LAYOUTS))
+def test_conv2d_k8_stacked(xp, lay):
     x, w, b = make(xp, (2, 4, 6, 5), 3), make(xp, (4, 2, 3, 2), 4), make(xp, (4,), 5)
-    check_rules(lambda x, w, b: dt.conv2d(x, w, b, stride=(2, 1), padding=1, dilation=(1, 2), groups=2), (x, w, b),
-                diff=(0, 1, 2), k=8,
-                ref=lambda x, w, b: ref_conv2d(x, w, b, (2, 1), sym((1, 1)), (1, 2), 2))
+    with layout(lay):
+        check_rules(lambda x, w, b: dt.conv2d(x, w, b, stride=(2, 1), padding=1, dilation=(1, 2), groups=2), (x, w, b),
+                    diff=(0, 1, 2), k=8,
+                    ref=lambda x, w, b: ref_conv2d(x, w, b, (2, 1), sym((1, 1)), (1, 2), 2))
 
 
-@pytest.mark.parametrize("small_ckk", [0, 10 ** 9])
+@pytest.mark.parametrize("lay,small_ckk", [("batched", 0), ("batched", 10 ** 9), ("flat", 0)])
 @pytest.mark.parametrize("groups", [1, 2])
-def test_conv2d_weight_tangent_both_gemm_layouts(xp, monkeypatch, small_ckk, groups):
+def test_conv2d_weight_tangent_all_gemm_layouts(xp, monkeypatch, lay, small_ckk, groups):
     monkeypatch.setattr(conv_mod, "_SMALL_CKK", small_ckk)
+    monkeypatch.setattr(conv_mod, "_FLAT_MAX_L", LAYOUTS[lay])
     x, w, b = noncontig(make(xp, (2, 4, 5, 6), 8)), make(xp, (6, 4 // groups, 2, 3), 9), make(xp, (6,), 10)
     ref = lambda x, w, b: ref_conv2d(x, w, b, (1, 2), sym((1, 0)), (2, 1), groups)  # noqa: E731
     f = lambda x, w, b: dt.conv2d(x, w, b, stride=(1, 2), padding=(1, 0), dilation=(2, 1), groups=groups)  # noqa: E731
@@ -106,7 +129,9 @@ def test_conv2d_weight_tangent_both_gemm_layouts(xp, monkeypatch, small_ckk, gro
     check_rules(f, (x, w, b), diff=(0, 1, 2), k=4)
 
 
-def test_conv2d_float32_preserved(xp):
+@pytest.mark.parametrize("lay", list(LAYOUTS))
+def test_conv2d_float32_preserved(xp, monkeypatch, lay):
+    monkeypatch.setattr(conv_mod, "_FLAT_MAX_L", LAYOUTS[lay])
     x = make(xp, (2, 3, 8, 8), 0, dtype=np.float32)
     w = make(xp, (4, 3, 3, 3), 1, dtype=np.float32)
     b = make(xp, (4,), 2, dtype=np.float32)
@@ -127,8 +152,10 @@ def test_conv2d_float32_preserved(xp):
     np.testing.assert_allclose(to_np(y.tangent), to_np(y64.tangent), rtol=1e-4, atol=1e-4)
 
 
-def test_conv2d_im2col_once_per_call(xp, monkeypatch):
+@pytest.mark.parametrize("lay", list(LAYOUTS))
+def test_conv2d_im2col_once_per_call(xp, monkeypatch, lay):
     """The primal columns are built once and reused; input tangents share one more im2col for all k."""
+    monkeypatch.setattr(conv_mod, "_FLAT_MAX_L", LAYOUTS[lay])
     calls = []
     orig = conv_mod._im2col
     monkeypatch.setattr(conv_mod, "_im2col", lambda x, *a: calls.append(x.shape) or orig(x, *a))
@@ -141,6 +168,17 @@ def test_conv2d_im2col_once_per_call(xp, monkeypatch):
     calls.clear()
     dt.conv2d(dt.DualTensor(x, tx), dt.DualTensor(w, tw))
     assert calls == [(2, 3, 6, 6), (k * 2, 3, 6, 6)]
+
+
+@pytest.mark.parametrize("hw,padding,flat", [((3, 3), 0, True), ((4, 4), 1, True), ((5, 5), 1, False)])
+def test_conv2d_layout_chosen_by_output_size(xp, monkeypatch, hw, padding, flat):
+    """Ho*Wo = 1 and 16 (the threshold) use the flat columns, 25 the batched ones, for primal and tangents."""
+    seen = []
+    orig = conv_mod._im2col
+    monkeypatch.setattr(conv_mod, "_im2col", lambda x, *a: seen.append(a[-1]) or orig(x, *a))
+    x, w = make(xp, (1, 2) + hw, 0), make(xp, (2, 2, 3, 3), 1)
+    check_rules(lambda x, w: dt.conv2d(x, w, padding=padding), (x, w), diff=(0, 1), k=2)
+    assert seen and set(seen) == {flat}
 
 
 def test_conv2d_bias_only_tangent(xp):

@@ -1,13 +1,15 @@
 """2-d convolution (fused primitive): im2col through a strided view + one GEMM.
 
-The primal builds the im2col columns of the input once, ``cols`` of shape (B, G, C/G*kh*kw, Ho*Wo),
-and saves them (has_aux). Rules, for a (k, ...) tangent stack:
+The primal builds the im2col columns of the input once and saves them (has_aux): (G, C/G*kh*kw, B*Ho*Wo)
+(one GEMM per group for the whole batch) when Ho*Wo <= _FLAT_MAX_L, else (B, G, C/G*kh*kw, Ho*Wo) (a batched
+matmul over B; a view for 1x1 kernels). Every rule follows the layout of the saved columns. Rules, for a
+(k, ...) tangent stack:
 
 * input tangents: the same convolution with k folded into the batch, (k, N, C, H, W) -> (k*N, C, H, W):
   one im2col and one GEMM for all k tangents;
 * weight tangents: the saved primal columns times the weight tangents reshaped to (G, k*O/G, C/G*kh*kw),
-  one GEMM for all k (for short reductions C/G*kh*kw <= 64, one batched matmul that writes the
-  (k, N, O, Ho, Wo) result in place, which saves a transposed copy);
+  one GEMM for all k (in the batched layout with short reductions C/G*kh*kw <= 64, one batched matmul that
+  writes the (k, N, O, Ho, Wo) result in place, which saves a transposed copy);
 * bias tangents: broadcast over N, H, W.
 
 The VJP uses col2im (a loop over the kh*kw kernel offsets adding strided slices), ``g @ cols^T`` for the
@@ -16,6 +18,7 @@ are shared with ``pool.py``.
 """
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any
 
@@ -166,34 +169,57 @@ def conv2d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: 
     return out
 
 
-def _im2col(x: Any, kernel: tuple, stride: tuple, pads: tuple, dilation: tuple, groups: int) -> Any:
-    """Columns (B, G, C/G*kh*kw, Ho*Wo) of x (B, C, H, W), rows ordered (c, i, j) like the weight."""
+# Output sizes Ho*Wo up to which the columns use the flat layout (G, C/G*kh*kw, B*Ho*Wo): one GEMM per group
+# over the whole batch instead of B small GEMMs that each re-read the weight (B matrix-vector products when
+# Ho*Wo == 1), at the cost of one transposed copy of the output. Measured on CPU (1 BLAS thread, batch 64,
+# 3x3 kernels, flat vs batched): 7-58x at Ho*Wo = 1 (512 channels), 2-5x at 4, 1.1-1.6x at 16; a wash at 64
+# (0.86-1.12x) and slower for large outputs (0.63x for 16 input tangents at 784 and 1024).
+_FLAT_MAX_L = 16
+
+
+def _im2col(x: Any, kernel: tuple, stride: tuple, pads: tuple, dilation: tuple, groups: int, flat: bool) -> Any:
+    """Columns of x (B, C, H, W), rows ordered (c, i, j) like the weight: (G, C/G*kh*kw, B*Ho*Wo) if flat,
+    else (B, G, C/G*kh*kw, Ho*Wo)."""
     b, c = x.shape[:2]
     v = _windows(_pad(x, pads), kernel, stride, dilation)  # (B, C, kh, kw, Ho, Wo) view
-    return v.reshape(b, groups, (c // groups) * kernel[0] * kernel[1], v.shape[-2] * v.shape[-1])
+    ckk, length = (c // groups) * kernel[0] * kernel[1], v.shape[-2] * v.shape[-1]
+    if flat:  # transpose the view before the copying reshape: the copy happens anyway
+        v = v.reshape((b, groups, c // groups) + v.shape[2:]).transpose(1, 2, 3, 4, 0, 5, 6)
+        return v.reshape(groups, ckk, b * length)
+    return v.reshape(b, groups, ckk, length)
 
 
-def _gemm(cols: Any, w: Any, groups: int) -> Any:
-    """(G, O/G, C/G*kh*kw) @ (B, G, C/G*kh*kw, L) -> (B, O, L)."""
-    o = w.shape[0]
-    out = w.reshape(groups, o // groups, -1) @ cols
-    return out.reshape(cols.shape[0], o, cols.shape[-1])
+def _gemm(wm: Any, cols: Any, nb: int, length: int) -> Any:
+    """(G, R, C/G*kh*kw) @ columns of nb images in either layout -> (nb, G, R, L) (a view if flat)."""
+    y = wm @ cols
+    if cols.ndim == 3:
+        return y.reshape(y.shape[:2] + (nb, length)).transpose(2, 0, 1, 3)
+    return y
+
+
+def _grad_rows(g: Any, nb: int, groups: int, length: int, flat: bool) -> Any:
+    """An output-shaped g as (G, O/G, B*L) if flat, else (B, G, O/G, L)."""
+    og = g.shape[-3] // groups
+    gm = g.reshape(nb, groups, og, length)
+    return gm.transpose(1, 2, 0, 3).reshape(groups, og, nb * length) if flat else gm
 
 
 def _conv2d_impl(x, w, b, *, stride, pads, dilation, groups):
-    lead = x.shape[:-3]
+    lead, o = x.shape[:-3], w.shape[0]
     x4 = x.reshape((-1,) + x.shape[-3:])
-    cols = _im2col(x4, w.shape[-2:], stride, pads, dilation, groups)
-    out = _gemm(cols, w, groups)
-    if b is not None:
-        out += b[:, None]
     hp, wp = x.shape[-2] + sum(pads[0]), x.shape[-1] + sum(pads[1])
     out_hw = (_out_size(hp, w.shape[2], stride[0], dilation[0]), _out_size(wp, w.shape[3], stride[1], dilation[1]))
-    return out.reshape(lead + (w.shape[0],) + out_hw), cols
+    length = out_hw[0] * out_hw[1]
+    cols = _im2col(x4, w.shape[-2:], stride, pads, dilation, groups, length <= _FLAT_MAX_L)
+    out = _gemm(w.reshape(groups, o // groups, -1), cols, x4.shape[0], length)
+    out = out.reshape(lead + (o,) + out_hw)  # the one copy of the output in the flat layout
+    if b is not None:
+        out += b[:, None, None]
+    return out, cols
 
 
-# C/G*kh*kw up to which the weight-tangent term uses k*B small GEMMs written in place instead of one
-# tall GEMM plus a transposed copy (measured on CPU: about 1.5x faster for 3x3 kernels on 3 channels)
+# C/G*kh*kw up to which the weight-tangent term (B-batched layout) uses k*B small GEMMs written in place
+# instead of one tall GEMM plus a transposed copy (measured on CPU: about 1.5x faster for 3x3 kernels on 3 channels)
 _SMALL_CKK = 64
 
 
@@ -201,26 +227,27 @@ def _conv2d_jvp(tangents, ans, x, w, b, *, stride, pads, dilation, groups):
     tx, tw, tb = tangents
     out, cols = ans
     k = next(t.shape[0] for t in tangents if t is not None)
-    res = None
+    o, g, flat = w.shape[0], groups, cols.ndim == 3
+    nb, length, ckk = math.prod(x.shape[:-3]), out.shape[-1] * out.shape[-2], math.prod(w.shape[1:])
+    terms = []  # (k, B, G, O/G, L) arrays or views
     if tx is not None:  # conv(tx, W): k folded into the batch, one im2col + one GEMM
-        tcols = _im2col(tx.reshape((-1,) + x.shape[-3:]), w.shape[-2:], stride, pads, dilation, groups)
-        res = _gemm(tcols, w, groups).reshape((k,) + out.shape)
+        tcols = _im2col(tx.reshape((-1,) + x.shape[-3:]), w.shape[-2:], stride, pads, dilation, groups, flat)
+        terms.append(_gemm(w.reshape(g, o // g, ckk), tcols, k * nb, length).reshape(k, nb, g, o // g, length))
     if tw is not None:  # conv(x, tW) from the saved primal columns, one matmul call for all k
-        o, g = w.shape[0], groups
-        nb, ckk, length = cols.shape[0], cols.shape[2], cols.shape[-1]
-        if ckk <= _SMALL_CKK:
+        if ckk <= _SMALL_CKK and not flat:
             # short reduction: the GEMM is bound by writing its output, so write it in place as (k, B, G, O/G, L)
-            y = tw.reshape(k, 1, g, o // g, ckk) @ cols
+            terms.append(tw.reshape(k, 1, g, o // g, ckk) @ cols)
         else:
             # one GEMM with k*O/G rows per group (better blocking), then a transposed add/copy to (k, B, ...)
             twm = tw.reshape(k, g, o // g, ckk).transpose(1, 0, 2, 3).reshape(g, k * (o // g), ckk)
-            y = (twm @ cols).reshape(nb, g, k, o // g, length).transpose(2, 0, 1, 3, 4)  # (k, B, G, O/G, L)
-        if res is None:
-            res = _xp(y).ascontiguousarray(y).reshape((k,) + out.shape)
-        else:
-            r = res.reshape(k, nb, g, o // g, length)  # a view of the fresh, contiguous res
-            r += y
-            res = r.reshape((k,) + out.shape)
+            y = _gemm(twm, cols, nb, length).reshape(nb, g, k, o // g, length)
+            terms.append(y.transpose(2, 0, 1, 3, 4))
+    res = None
+    if terms:
+        res = _xp(out).ascontiguousarray(terms[0])
+        for y in terms[1:]:
+            res += y
+        res = res.reshape((k,) + out.shape)
     if tb is not None:
         tbl = tb.reshape((k,) + (1,) * (out.ndim - 3) + (out.shape[-3], 1, 1))
         if res is None:
@@ -232,22 +259,25 @@ def _conv2d_jvp(tangents, ans, x, w, b, *, stride, pads, dilation, groups):
 
 def _conv2d_vjp_x(g, ans, x, w, b, *, stride, pads, dilation, groups):
     out, cols = ans
-    nb, length = cols.shape[0], cols.shape[-1]
     o, cg, kh, kw = w.shape
-    gm = g.reshape(nb, groups, o // groups, length)
-    dcols = w.reshape(groups, o // groups, -1).swapaxes(-1, -2) @ gm  # (B, G, C/G*kh*kw, L)
-    dcols = dcols.reshape((nb, cg * groups, kh, kw) + out.shape[-2:])
+    flat, ho, wo = cols.ndim == 3, out.shape[-2], out.shape[-1]
+    nb = math.prod(x.shape[:-3])
+    gm = _grad_rows(g, nb, groups, ho * wo, flat)
+    dcols = w.reshape(groups, o // groups, -1).swapaxes(-1, -2) @ gm  # cols-shaped
+    if flat:  # (G, C/G*kh*kw, B*L) -> a (B, C, kh, kw, Ho, Wo) view
+        dcols = dcols.reshape(groups, cg, kh, kw, nb, ho, wo).transpose(4, 0, 1, 2, 3, 5, 6)
+    dcols = dcols.reshape((nb, cg * groups, kh, kw, ho, wo))
     hw = x.shape[-2:]
     gx = _col2im(dcols, (hw[0] + sum(pads[0]), hw[1] + sum(pads[1])), (kh, kw), stride, dilation)
     return _unpad(gx, pads, hw).reshape(x.shape)
 
 
 def _conv2d_vjp_w(g, ans, x, w, b, *, stride, pads, dilation, groups):
-    cols = ans[1]
-    nb, length = cols.shape[0], cols.shape[-1]
-    o = w.shape[0]
-    gm = g.reshape(nb, groups, o // groups, length)
-    return (gm @ cols.swapaxes(-1, -2)).sum(axis=0).reshape(w.shape)
+    out, cols = ans
+    flat, length = cols.ndim == 3, out.shape[-1] * out.shape[-2]
+    gm = _grad_rows(g, math.prod(x.shape[:-3]), groups, length, flat)
+    gw = gm @ cols.swapaxes(-1, -2)
+    return (gw if flat else gw.sum(axis=0)).reshape(w.shape)
 
 
 def _conv2d_vjp_b(g, ans, x, w, b, *, stride, pads, dilation, groups):
