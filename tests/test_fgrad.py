@@ -64,6 +64,28 @@ def test_normal_moments():
     assert abs(v.mean()) < 5 * se and abs(v.var() - 1) < 5 * math.sqrt(2) * se
 
 
+def test_normal_float32_box_muller_distribution():
+    """float32 normals (Box-Muller over 23-bit uniforms): N(0, 1) moments, KS distance, tails capped at ~5.65."""
+    from scipy import special, stats
+
+    v = S.normal(4, 250_001, 11, dtype=np.float32)  # odd size: the last Box-Muller pair overhangs
+    assert v.dtype == np.float32 and v.shape == (4, 250_001) and np.all(np.isfinite(v))
+    z = v.astype(np.float64).ravel()
+    n = z.size
+    se = 1 / math.sqrt(n)
+    assert abs(z.mean()) < 5 * se and abs(z.var() - 1) < 5 * math.sqrt(2) * se
+    assert abs(stats.skew(z)) < 5 * math.sqrt(6) * se and abs(stats.kurtosis(z)) < 5 * math.sqrt(24) * se
+    zs = np.sort(z)  # Kolmogorov-Smirnov distance to the standard normal CDF
+    cdf = special.ndtr(zs)
+    ks = max(np.max(np.arange(1, n + 1) / n - cdf), np.max(cdf - np.arange(n) / n))
+    assert ks < 1.63 / math.sqrt(n)  # the 1% critical value
+    assert np.abs(z).max() <= math.sqrt(-2 * math.log(2.0**-23)) + 1e-5
+    flat = z[: n - 1]
+    assert abs(np.mean(flat * z[1:])) < 5 * se  # neighbours (the two halves of a chunk) uncorrelated
+    chunk = S._BM_CHUNK  # the cos and sin halves of one chunk come from the same pairs: uncorrelated too
+    assert abs(np.mean(z[:chunk] * z[chunk:2 * chunk])) < 5 / math.sqrt(chunk)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_rademacher_values_and_balance(dtype):
     v = S.rademacher(8, 300_001, 3, dtype=dtype)  # odd size: the last chunk and word are partial

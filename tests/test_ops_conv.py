@@ -4,6 +4,7 @@ Both column layouts are covered: batched (B, G, CKK, L) and flat (G, CKK, B*L), 
 ``conv._FLAT_MAX_L`` (0: always batched; huge: always flat).
 """
 import contextlib
+import math
 
 import numpy as np
 import pytest
@@ -154,7 +155,8 @@ def test_conv2d_float32_preserved(xp, monkeypatch, lay):
 
 @pytest.mark.parametrize("lay", list(LAYOUTS))
 def test_conv2d_im2col_once_per_call(xp, monkeypatch, lay):
-    """The primal columns are built once and reused; input tangents share one more im2col for all k."""
+    """The primal columns are built once and reused; input tangents share one more im2col for all k
+    (k * B images fit in one _IM2COL_BYTES chunk here; chunking is tested below)."""
     monkeypatch.setattr(conv_mod, "_FLAT_MAX_L", LAYOUTS[lay])
     calls = []
     orig = conv_mod._im2col
@@ -168,6 +170,28 @@ def test_conv2d_im2col_once_per_call(xp, monkeypatch, lay):
     calls.clear()
     dt.conv2d(dt.DualTensor(x, tx), dt.DualTensor(w, tw))
     assert calls == [(2, 3, 6, 6), (k * 2, 3, 6, 6)]
+
+
+@pytest.mark.parametrize("lay", list(LAYOUTS))
+@pytest.mark.parametrize("budget_tangents", [1, 2, 5])
+def test_conv2d_input_tangents_im2col_in_chunks(xp, monkeypatch, lay, budget_tangents):
+    """Input-tangent columns are built in ceil(k / tangents-per-chunk) im2col calls under _IM2COL_BYTES, same result."""
+    monkeypatch.setattr(conv_mod, "_FLAT_MAX_L", LAYOUTS[lay])
+    x, w, b = make(xp, (2, 3, 6, 6), 0), make(xp, (4, 3, 3, 3), 1), make(xp, (4,), 2)
+    k = 5
+    rng = np.random.default_rng(1)
+    tx, tw, tb = (xp.asarray(rng.standard_normal((k, *a.shape))) for a in (x, w, b))
+    args = (dt.DualTensor(x, tx), dt.DualTensor(w, tw), dt.DualTensor(b, tb))
+    want = dt.conv2d(*args, padding=1)  # default budget: one chunk
+    per_tangent = 2 * 3 * 9 * 36 * 8  # B * C*kh*kw * Ho*Wo float64 column entries of one tangent
+    monkeypatch.setattr(conv_mod, "_IM2COL_BYTES", budget_tangents * per_tangent + per_tangent // 2)
+    calls = []
+    orig = conv_mod._im2col
+    monkeypatch.setattr(conv_mod, "_im2col", lambda x, *a: calls.append(x.shape[0]) or orig(x, *a))
+    y = dt.conv2d(*args, padding=1)
+    chunks = [2 * min(budget_tangents, k - s) for s in range(0, k, budget_tangents)]
+    assert calls == [2] + chunks and len(chunks) == math.ceil(k / budget_tangents)
+    np.testing.assert_allclose(to_np(y.tangent), to_np(want.tangent), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("hw,padding,flat", [((3, 3), 0, True), ((4, 4), 1, True), ((5, 5), 1, False)])

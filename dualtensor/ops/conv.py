@@ -6,7 +6,9 @@ matmul over B; a view for 1x1 kernels). Every rule follows the layout of the sav
 (k, ...) tangent stack:
 
 * input tangents: the same convolution with k folded into the batch, (k, N, C, H, W) -> (k*N, C, H, W):
-  one im2col and one GEMM for all k tangents;
+  im2col + GEMM over all k tangents together, in chunks of whole tangents whose columns stay under
+  _IM2COL_BYTES (one chunk for small problems; bounded memory for large ones), written into one
+  preallocated result;
 * weight tangents: the saved primal columns times the weight tangents reshaped to (G, k*O/G, C/G*kh*kw),
   one GEMM for all k (in the batched layout with short reductions C/G*kh*kw <= 64, one batched matmul that
   writes the (k, N, O, Ho, Wo) result in place, which saves a transposed copy);
@@ -189,11 +191,19 @@ def _im2col(x: Any, kernel: tuple, stride: tuple, pads: tuple, dilation: tuple, 
     return v.reshape(b, groups, ckk, length)
 
 
-def _gemm(wm: Any, cols: Any, nb: int, length: int) -> Any:
-    """(G, R, C/G*kh*kw) @ columns of nb images in either layout -> (nb, G, R, L) (a view if flat)."""
+def _gemm(wm: Any, cols: Any, nb: int, length: int, out: Any = None) -> Any:
+    """(G, R, C/G*kh*kw) @ columns of nb images in either layout -> (nb, G, R, L) (a view if flat).
+
+    With ``out`` (a contiguous (nb, G, R, L) array) the result is written there: directly by the batched
+    matmul in the B-batched layout, by one transposed copy in the flat one."""
+    if out is not None and cols.ndim == 4:
+        return _xp(cols).matmul(wm, cols, out=out)
     y = wm @ cols
     if cols.ndim == 3:
-        return y.reshape(y.shape[:2] + (nb, length)).transpose(2, 0, 1, 3)
+        y = y.reshape(y.shape[:2] + (nb, length)).transpose(2, 0, 1, 3)
+    if out is not None:
+        out[...] = y
+        return out
     return y
 
 
@@ -218,6 +228,12 @@ def _conv2d_impl(x, w, b, *, stride, pads, dilation, groups):
     return out, cols
 
 
+# Bytes of input-tangent columns built at once: the k*B tangent images go through im2col + GEMM in chunks
+# of whole tangents under this size (at least one tangent per chunk), written into one preallocated result.
+# Bounds the peak memory, and the columns stay closer to cache. Measured on CPU (CNN on 28x28, batch 16,
+# k=16, activity perturbation, 1 BLAS thread): step 2258 -> 950 ms, peak memory 625 -> 246 MB.
+_IM2COL_BYTES = 32 << 20
+
 # C/G*kh*kw up to which the weight-tangent term (B-batched layout) uses k*B small GEMMs written in place
 # instead of one tall GEMM plus a transposed copy (measured on CPU: about 1.5x faster for 3x3 kernels on 3 channels)
 _SMALL_CKK = 64
@@ -230,9 +246,16 @@ def _conv2d_jvp(tangents, ans, x, w, b, *, stride, pads, dilation, groups):
     o, g, flat = w.shape[0], groups, cols.ndim == 3
     nb, length, ckk = math.prod(x.shape[:-3]), out.shape[-1] * out.shape[-2], math.prod(w.shape[1:])
     terms = []  # (k, B, G, O/G, L) arrays or views
-    if tx is not None:  # conv(tx, W): k folded into the batch, one im2col + one GEMM
-        tcols = _im2col(tx.reshape((-1,) + x.shape[-3:]), w.shape[-2:], stride, pads, dilation, groups, flat)
-        terms.append(_gemm(w.reshape(g, o // g, ckk), tcols, k * nb, length).reshape(k, nb, g, o // g, length))
+    if tx is not None:  # conv(tx, W): k folded into the batch, im2col + GEMM per chunk of tangents
+        xp, wm = _xp(out), w.reshape(g, o // g, ckk)
+        res = xp.empty((k, nb, g, o // g, length), dtype=xp.result_type(tx.dtype, w.dtype))
+        step = max(1, _IM2COL_BYTES // max(1, cols.size * tx.itemsize))  # tangents per chunk
+        txs = tx.reshape((k * nb,) + x.shape[-3:])
+        for s in range(0, k, step):
+            e = min(k, s + step)
+            tcols = _im2col(txs[s * nb:e * nb], w.shape[-2:], stride, pads, dilation, groups, flat)
+            _gemm(wm, tcols, (e - s) * nb, length, out=res[s:e].reshape((e - s) * nb, g, o // g, length))
+        terms.append(res)
     if tw is not None:  # conv(x, tW) from the saved primal columns, one matmul call for all k
         if ckk <= _SMALL_CKK and not flat:
             # short reduction: the GEMM is bound by writing its output, so write it in place as (k, B, G, O/G, L)

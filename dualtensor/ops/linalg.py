@@ -196,9 +196,15 @@ def _linear_jvp(tangents, ans, x, w, b):
     t_out = None
     if tx is not None:  # (k*N, in) @ W^T: one GEMM for all k
         t_out = xp.matmul(tx.reshape(-1, n_in), w.T).reshape(want)
-    if tw is not None:  # x (N, in) @ tW^T viewed as (in, k*out): one GEMM for all k
-        r = xp.matmul(x.reshape(-1, n_in), tw.reshape(k * n_out, n_in).T)  # (N, k*out)
-        r = xp.moveaxis(r.reshape(-1, k, n_out), 1, 0).reshape(want)
+    if tw is not None:
+        x2d = x.reshape(-1, n_in)
+        if tw.flags.c_contiguous:  # x (N, in) @ tW^T viewed as (in, k*out): one GEMM for all k
+            r = xp.matmul(x2d, tw.reshape(k * n_out, n_in).T)  # (N, k*out)
+            r = xp.moveaxis(r.reshape(-1, k, n_out), 1, 0).reshape(want)
+        else:  # a strided slice of a global tangent: k GEMMs on the view write (k, N, out) directly,
+            # no reshape copy of tW and no moveaxis copy of the result (k=16, 64x784 -> 1024, 1 BLAS thread:
+            # 1.6-1.7x faster; on contiguous tW both paths are within 4%, so the single GEMM stays there)
+            r = xp.matmul(x2d, tw.swapaxes(-1, -2)).reshape(want)
         if t_out is None:
             t_out = r
         else:
