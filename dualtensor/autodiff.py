@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 from .backend import get_xp
 from .core import vjp_of_node
 from .pytree import flatten, unflatten
-from .tensor import DualTensor, Traced, Zero, _as_float_array
+from .tensor import DualTensor, Traced, _as_float_array
 
 
 def _call(f: Callable, primals: Any, wrapped: Any) -> Any:
@@ -158,7 +158,7 @@ def primal_of(x: Any) -> Any:
         return x.primal
     if t is Traced:
         return x.value
-    return x.__dt_value__() if hasattr(x, "__dt_value__") else x
+    return primal_of(x.__dt_value__()) if hasattr(x, "__dt_value__") else x
 
 
 stop_gradient = primal_of

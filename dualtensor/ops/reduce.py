@@ -15,28 +15,13 @@ from typing import Any
 import numpy as np
 
 from ..backend import get_xp as _xp
+from ..autodiff import primal_of as _value
 from ..core import Primitive
-from ..tensor import DualTensor, Traced
 
 __all__ = ["sum", "mean", "var", "max", "min", "logsumexp"]
 
 
 # ---------------------------------------------------------------- helpers
-
-def _value(a: Any) -> Any:
-    """The plain array behind a DualTensor/Traced/Parameter (constants pass through)."""
-    for _ in range(3):
-        t = type(a)
-        if t is DualTensor:
-            return a.primal
-        if t is Traced:
-            return a.value
-        if hasattr(a, "__dt_value__"):
-            a = a.__dt_value__()
-            continue
-        return a
-    return a
-
 
 def _shape_of(a: Any) -> tuple:
     v = _value(a)
