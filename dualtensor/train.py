@@ -538,6 +538,9 @@ def _train(config: TrainConfig, resume: bool) -> dict:
         snapshot(last_path, 0)
         last_good = (last_path, 0)
     method = "" if config.grad == "backprop" else f" ({config.perturb}, k={config.k}, {config.aggregate})"
+    if config.grad != "backprop" and config.perturb == "activity":
+        sizes = model.activation_sizes(splits.input_shape, _blocks(model, config))
+        method += f", per-sample activation dimension n = {sum(sizes):,} ({' + '.join(map(str, sizes))})"
     log(f"{config.model} ({n_params:,} parameters) on {splits.name} "
         f"({len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test), {config.grad}{method}, "
         f"{config.optimizer} lr={config.effective_lr:g}, batch {config.batch_size}, out {out}")

@@ -21,8 +21,9 @@ class Blocked(Module):
             x = b(x)
         return x
 
-    def activation_sizes(self, input_shape: tuple) -> list[int]:
-        """Per-sample size of each block's output for one input of ``input_shape`` (C, H, W) or (F,).
+    def activation_sizes(self, input_shape: tuple, blocks: list | None = None) -> list[int]:
+        """Per-sample size of each block's output (of ``blocks``, default ``self.blocks()``) for one
+        input of ``input_shape`` (C, H, W) or (F,).
 
         Runs one batch-1 input of zeros through the blocks in eval mode (no batch-norm statistics
         change) on the parameters' device; every module's training flag is restored afterwards."""
@@ -37,7 +38,7 @@ class Blocked(Module):
         self.eval()
         try:
             sizes = []
-            for b in self.blocks():
+            for b in self.blocks() if blocks is None else blocks:
                 x = b(x)
                 sizes.append(int(np.prod(x.shape[1:])))
         finally:
