@@ -19,13 +19,14 @@ Two ways to get the block-local VJPs (``keep``):
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..autodiff import _backward, vjp
 from ..backend import get_xp
+from ..nn.models.blocked import probe_blocks
 from ..tensor import DualTensor, Traced, Zero
 from . import samplers as _samplers
 from .aggregators import get_aggregator
@@ -48,7 +49,6 @@ class ActivityResult:
     sizes: list                         # per-sample activation size of each block
     estimate: Any = None                # per-sample activation-gradient estimate (B, n), when requested
     tangents: Any = None                # the (k, B, n) tangents, when requested
-    extras: dict = field(default_factory=dict)
 
 
 def _block_params(block: Any) -> list[tuple[str, Any]]:
@@ -93,28 +93,10 @@ def exact_activation_gradients(blocks: Sequence[Any], loss_fn: Callable, x: Any,
     return list(fn(xp.ones_like(out)))
 
 
-def _probe(blocks: Sequence[Any], x: Any) -> tuple[list[int], Any]:
-    """Per-sample output sizes of the blocks and the dtype of the last one, from one batch-1 pass
-    on plain arrays in eval mode (no batch-norm statistics or dropout state change)."""
-    mods = [m for b in blocks for m in b.modules()]
-    modes = [m.training for m in mods]
-    for m in mods:
-        object.__setattr__(m, "training", False)
-    try:
-        h, sizes = x[:1], []
-        for b in blocks:
-            h = b(h)
-            sizes.append(int(np.prod(h.shape[1:])))
-    finally:
-        for m, t in zip(mods, modes):
-            object.__setattr__(m, "training", t)
-    return sizes, h.dtype
-
-
 def activation_sizes(blocks: Sequence[Any], x: Any) -> list[int]:
     """Per-sample output size of each block for inputs like ``x`` (one batch-1 forward pass on plain
     arrays in eval mode: no batch-norm statistics or dropout state change)."""
-    return _probe(list(blocks), x)[0]
+    return probe_blocks(list(blocks), x)[0]
 
 
 def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int | None = None,
@@ -165,7 +147,7 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
         rng = as_generator(rng, xp)  # one generator for all blocks (a seed must not restart per block)
         base = getattr(draw, "func", draw)
         if base not in _IID:  # structured: draw the whole (k, B, n) at once
-            probe_sizes, dtype = _probe(blocks, x)  # costs 1/B of a primal forward pass
+            probe_sizes, dtype = probe_blocks(blocks, x)  # costs 1/B of a primal forward pass
             V = draw(k, (sum(probe_sizes),), rng, dtype=dtype, xp=xp, batch=B, shared=shared)
             draw = None
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..module import Module, ModuleList
 
 
@@ -23,25 +25,28 @@ class Blocked(Module):
 
     def activation_sizes(self, input_shape: tuple, blocks: list | None = None) -> list[int]:
         """Per-sample size of each block's output (of ``blocks``, default ``self.blocks()``) for one
-        input of ``input_shape`` (C, H, W) or (F,).
-
-        Runs one batch-1 input of zeros through the blocks in eval mode (no batch-norm statistics
-        change) on the parameters' device; every module's training flag is restored afterwards."""
-        import numpy as np
-
+        input of ``input_shape`` (C, H, W) or (F,), on the parameters' device."""
         from ...backend import get_xp
 
         p = next(self.parameters()).data
-        x = get_xp(p).zeros((1, *input_shape), p.dtype)
-        mods = list(self.modules())
-        modes = [m.training for m in mods]
-        self.eval()
-        try:
-            sizes = []
-            for b in self.blocks() if blocks is None else blocks:
-                x = b(x)
-                sizes.append(int(np.prod(x.shape[1:])))
-        finally:
-            for m, t in zip(mods, modes):
-                object.__setattr__(m, "training", t)
-        return sizes
+        return probe_blocks(self.blocks() if blocks is None else blocks,
+                            get_xp(p).zeros((1, *input_shape), p.dtype))[0]
+
+
+def probe_blocks(blocks: list, x: Any) -> tuple[list[int], Any]:
+    """Per-sample output sizes of ``blocks`` and the last output's dtype, from one batch-1 pass of
+    ``x[:1]`` on plain arrays in eval mode (no batch-norm statistics or dropout state change); every
+    module's training flag is restored afterwards."""
+    mods = [m for b in blocks for m in b.modules()]
+    modes = [m.training for m in mods]
+    for m in mods:
+        object.__setattr__(m, "training", False)
+    try:
+        h, sizes = x[:1], []
+        for b in blocks:
+            h = b(h)
+            sizes.append(int(np.prod(h.shape[1:])))
+    finally:
+        for m, t in zip(mods, modes):
+            object.__setattr__(m, "training", t)
+    return sizes, h.dtype
