@@ -71,10 +71,6 @@ class Module:
         self._buffers[name] = value
         object.__setattr__(self, name, value)
 
-    def _set_buffer(self, name: str, value: Any) -> None:
-        self._buffers[name] = value
-        object.__setattr__(self, name, value)
-
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__}.forward is not defined")
 
@@ -175,7 +171,7 @@ class Module:
                     p.grad = to_device(p.grad, device)
             for name, b in list(m._buffers.items()):
                 if b is not None:
-                    m._set_buffer(name, to_device(b, device))
+                    m.register_buffer(name, to_device(b, device))
         return self
 
     def astype(self, dtype: Any) -> "Module":
@@ -187,7 +183,7 @@ class Module:
                     p.grad = p.grad.astype(dtype)
             for name, b in list(m._buffers.items()):
                 if b is not None and b.dtype.kind == "f":
-                    m._set_buffer(name, b.astype(dtype))
+                    m.register_buffer(name, b.astype(dtype))
         return self
 
     @contextlib.contextmanager
