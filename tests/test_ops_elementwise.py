@@ -84,3 +84,18 @@ def test_float32_stays_float32():
     x = dt.dual(np.ones(3, np.float32), np.ones((2, 3), np.float32))
     for y in (dt.exp(x), x * 2.0, 2.0 / x, x ** 2, dt.gelu(x), dt.sigmoid(x)):
         assert y.primal.dtype == np.float32 and y.tangent.dtype == np.float32
+
+
+def test_float32_gelu_matches_float64():
+    # float32 GELU on NumPy uses a rational erf fit, not scipy's erf: check it over the whole range
+    x = np.linspace(-12, 12, 200_001)
+    exact = 0.5 * x * (1 + scipy.special.erf(x / np.sqrt(2)))
+    deriv = 0.5 * (1 + scipy.special.erf(x / np.sqrt(2))) + x * np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi)
+    x32 = x.astype(np.float32)
+    out, tan = dt.jvp(dt.gelu, (x32,), (np.ones((1, x.size), np.float32),))
+    assert out.dtype == tan.dtype == np.float32
+    np.testing.assert_allclose(out, exact, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(tan[0], deriv, rtol=2e-6, atol=1e-6)
+    assert dt.gelu(np.array([np.inf], np.float32))[0] == np.inf
+    assert dt.gelu(np.full((2, 0), 1, np.float32)).shape == (2, 0)
+    assert np.isnan(dt.gelu(np.array([np.nan], np.float32))).all()
