@@ -182,6 +182,8 @@ def test_evaluate_targets():
     assert got["memory vs depth 2..8, fg-weight (excess over params)"] == "met"
     assert got["memory vs depth 2..8, backprop (excess over params)"] == "met"
     assert R.evaluate_targets([], []) == []
+    unmeasured = [dict(r, mem_bp_excess_mb=float("nan"), mem_weight_excess_mb=float("nan")) for r in depth]
+    assert not any("memory" in t["target"] for t in R.evaluate_targets([], unmeasured))  # --no-memory: no verdict
 
 
 def test_bad_arguments():
@@ -195,3 +197,20 @@ def test_bad_arguments():
     assert a.models == ["logreg", "mlp", "cnn"] and a.ks == [1, 4, 16] and a.threads == 1
     a = R.parse_args(["--models", "vit", "--ks", "2", "--depths", ""])
     assert a.models == ["vit"] and a.ks == [2] and a.depths == [] and a.threads is None
+
+
+def test_gemm_count_bound(global_state):
+    case = R.make_case("mlp", "mnist", 8, xp=np, dtype=np.float32, size="tiny")
+    per_block = R.gemm_macs(case)
+    dims = [(m.in_features, m.out_features) for m in case.model.modules() if type(m).__name__ == "Linear"]
+    assert per_block == [[(8 * i * o, True)] for i, o in dims]  # one linear per block, batch 8
+    # hand-made: blocks of 10, 20, 30 multiply-adds, one weighted GEMM each
+    pb = [[(10, True)], [(20, True)], [(30, True)]]
+    P, Ta, W = 60, 50, 60
+    assert R.loop_speedup_bound(pb, "activity", 16) == pytest.approx((16 * (P + Ta) + W) / (P + 16 * Ta + W))
+    Tw = 10 + 2 * 50  # the first GEMM reads the data: weight-tangent term only
+    assert R.loop_speedup_bound(pb, "weight", 16) == pytest.approx(16 * (P + Tw) / (P + 16 * Tw))
+    assert R.loop_speedup_bound(pb, "weight", 1) == pytest.approx(1.0)
+    # an attention-like matmul between activations carries two tangent terms
+    assert R.loop_speedup_bound([[(10, True)], [(20, False)]], "activity", 2) == pytest.approx(
+        (2 * (30 + 40) + 10) / (30 + 2 * 40 + 10))
