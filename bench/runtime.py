@@ -59,7 +59,7 @@ import _timing as T  # noqa: E402
 
 import dualtensor as dt  # noqa: E402
 from dualtensor import optim  # noqa: E402
-from dualtensor.backend import array_module, set_default_dtype, synchronize  # noqa: E402
+from dualtensor.backend import array_module, heap_arrays, set_default_dtype, synchronize  # noqa: E402
 from dualtensor.fgrad import activity as _activity  # noqa: E402
 from dualtensor.fgrad.activity import activity_gradient  # noqa: E402
 from dualtensor.fgrad.aggregators import get_aggregator  # noqa: E402
@@ -777,6 +777,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tangents", default=None, help="samplers, e.g. normal,rademacher (default both)")
     p.add_argument("--aggregate", default="projection", help="aggregator (default projection)")
     p.add_argument("--keep", default="tape", choices=("tape", "recompute"), help="activity: block-local VJP mode")
+    p.add_argument("--allocator", default="heap", choices=("heap", "system"),
+                   help="heap (default): large arrays from the process heap, freed ones reused\n"
+                        "(dualtensor.backend.heap_arrays; glibc); system: glibc's defaults (mmap per block)")
     p.add_argument("--no-loop", action="store_true", help="skip the k-separate-passes loop")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory (and check) pass")
     p.add_argument("--no-check", action="store_true", help="skip the loop == batched gradient check")
@@ -849,13 +852,14 @@ def main(argv: list[str] | None = None) -> dict:
     progress = not a.no_progress
     env = T.environment(xp)
     env["threads_set_by"] = how
+    env["allocator"] = a.allocator if xp is np and heap_arrays(a.allocator == "heap") else "system"
     # k > n (e.g. logistic regression's 10 logits with k = 16 activity tangents) makes the projection
     # fall back to least squares, by design; it would warn on every step
     warnings.filterwarnings("ignore", category=RuntimeWarning, message="projection: Gram matrix")
     t0 = time.perf_counter()
     print(f"# bench/runtime.py: forward gradients vs backprop\n\nbackend {env['backend']} ({env['device']}), "
           f"dtype {a.dtype}, BLAS threads {T.blas_threads(env['blas'])} ({how}), cpus {env['cpu_count']}, "
-          f"aggregate {a.aggregate}, keep {a.keep}, repeats {a.repeats} (+{a.warmup} warm-up, samples >= "
+          f"allocator {env['allocator']}, aggregate {a.aggregate}, keep {a.keep}, repeats {a.repeats} (+{a.warmup} warm-up, samples >= "
           f"{a.min_time * 1e3:g} ms), "
           f"A/B interleaved; times are {a.stat}s in ms (per step), memory = peak above the live set in MB\n",
           flush=True)

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from .backend import heap_arrays
 from .checkpoint import (Checkpoint, CheckpointError, atomic_write_text, generator_state, load_checkpoint,
                          save_checkpoint, set_generator_state)
 from .metrics import clean_json, plot_history, write_history
@@ -418,7 +419,10 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
     """Run (or with ``resume`` continue) the configured training; returns the summary dict.
 
     See :func:`_train` for the exceptions; the BLAS threads are limited meanwhile (:func:`blas_threads`).
+    On the CPU it turns on :func:`dualtensor.backend.heap_arrays` for the process.
     """
+    if config.device == "cpu":
+        heap_arrays()  # reuse freed large arrays across steps instead of page-faulting them in again
     threads = blas_threads(config)
     if threads is None:
         return _train(config, resume)

@@ -563,3 +563,20 @@ def test_pool_layer_options():
         np.testing.assert_allclose(plain, win(xz) / (9 if include else win(ones)), rtol=1e-12)
     assert repr(nn.MaxPool2d(2)) == "MaxPool2d(kernel_size=2, stride=None, padding=0)"
     assert repr(nn.MultiheadAttention(4, 2)).startswith("MultiheadAttention(embed_dim=4, num_heads=2")
+
+
+def test_heap_arrays_toggles_and_keeps_numpy_working():
+    import platform
+    import sys
+
+    from dualtensor.backend import heap_arrays
+
+    glibc = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+    try:
+        assert heap_arrays(True) is glibc
+        a = np.ones(10_000_000, np.float32)  # 40 MB: over glibc's mmap threshold
+        del a
+        b = np.full(10_000_000, 2.0, np.float32)
+        assert float(b.sum()) == 2e7
+    finally:
+        assert heap_arrays(False) is glibc
