@@ -423,15 +423,15 @@ def loop_speedup_bound(per_block: list, perturb: str, k: int) -> float:
     """GEMM-count bound on (k single-tangent passes) / (one k-tangent pass), sampling and elementwise
     work left out. P = primal multiply-adds. Activity: every GEMM after the first block carries the
     tangent (T per tangent; attention and matmuls between activations twice), and the block-local VJP
-    costs W = one weight-gradient GEMM per weighted GEMM plus input-gradient GEMMs after the first GEMM
-    of a block; loop k(P + T) + W against P + kT + W. Weight: every GEMM has a weight-tangent term
+    costs W = one weight-gradient GEMM per weighted GEMM plus an input-gradient GEMM after the first GEMM
+    of a block (both operands' gradients for matmuls between activations and attention); loop k(P + T) + W against P + kT + W. Weight: every GEMM has a weight-tangent term
     and, except the model's first (it reads the data), an input-tangent term; loop k(P + T) against P + kT.
     """
     flat = [(i, j, m, w) for i, blk in enumerate(per_block) for j, (m, w) in enumerate(blk)]
     P = sum(m for *_, m, _ in flat)
     if perturb == "activity":
         T = sum(m * (1 if w else 2) for i, _, m, w in flat if i > 0)
-        W = sum(m * ((1 if w else 0) + (1 if j > 0 else 0)) for _, j, m, w in flat)
+        W = sum(m * ((1 + (j > 0)) if w else 2) for _, j, m, w in flat)
         return (k * (P + T) + W) / (P + k * T + W)
     T = sum(m * (1 if n == 0 else 2) for n, (*_, m, w) in enumerate(flat))
     return k * (P + T) / (P + k * T)
@@ -779,7 +779,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep", default="tape", choices=("tape", "recompute"), help="activity: block-local VJP mode")
     p.add_argument("--allocator", default="heap", choices=("heap", "system"),
                    help="heap (default): large arrays from the process heap, freed ones reused\n"
-                        "(dualtensor.backend.heap_arrays; glibc); system: glibc's defaults (mmap per block)")
+                        "(dualtensor.backend.heap_arrays; glibc); system: glibc's defaults, untouched")
     p.add_argument("--no-loop", action="store_true", help="skip the k-separate-passes loop")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory (and check) pass")
     p.add_argument("--no-check", action="store_true", help="skip the loop == batched gradient check")
@@ -852,7 +852,8 @@ def main(argv: list[str] | None = None) -> dict:
     progress = not a.no_progress
     env = T.environment(xp)
     env["threads_set_by"] = how
-    env["allocator"] = a.allocator if xp is np and heap_arrays(a.allocator == "heap") else "system"
+    # "system": no mallopt call at all (any call would switch off glibc's dynamic mmap threshold)
+    env["allocator"] = "heap" if xp is np and a.allocator == "heap" and heap_arrays() else "system"
     # k > n (e.g. logistic regression's 10 logits with k = 16 activity tangents) makes the projection
     # fall back to least squares, by design; it would warn on every step
     warnings.filterwarnings("ignore", category=RuntimeWarning, message="projection: Gram matrix")

@@ -145,9 +145,8 @@ def special(xp: types.ModuleType) -> types.ModuleType:
     return cupyx.scipy.special
 
 
-# glibc mallopt parameters (malloc.h)
+# glibc mallopt parameters (malloc.h) and the values heap_arrays sets
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
-_GLIBC_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_TOP_PAD: 128 * 1024, _M_MMAP_MAX: 65536}
 _HEAP_ARRAYS = {_M_TRIM_THRESHOLD: 2**31 - 1, _M_TOP_PAD: 64 << 20, _M_MMAP_MAX: 0}
 
 
@@ -163,21 +162,18 @@ def _glibc() -> Any:
     return libc if hasattr(libc, "mallopt") else None
 
 
-def heap_arrays(enable: bool = True) -> bool:
+def heap_arrays() -> bool:
     """Serve large NumPy arrays from the process heap and keep freed memory there (glibc only).
 
-    By default glibc maps every block over 32 MB (im2col columns, k-stacked tangents, Gram inputs) freshly
-    from the kernel and unmaps it when freed, so each training step pays page faults on all of its large
-    temporaries again. ``enable=True`` sets mallopt(M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GB, M_TOP_PAD=64 MB):
-    large blocks come from the heap and freed ones are reused by the next step (the process keeps its peak
-    footprint). ``enable=False`` restores glibc's defaults.
-    Process-wide; the training CLI and bench/runtime.py turn it on. Returns False where it does not apply
-    (not Linux/glibc).
+    By default glibc maps every block over its mmap threshold (at most 32 MB: im2col columns, k-stacked
+    tangents, Gram inputs) freshly from the kernel and unmaps it when freed, so each training step pays page
+    faults on all of its large temporaries again. This sets mallopt(M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GB,
+    M_TOP_PAD=64 MB): large blocks come from the heap and freed ones are reused by the next step (the process
+    keeps its peak footprint). Process-wide and one-way (setting any of these turns off glibc's dynamic mmap
+    threshold for good); the training CLI and bench/runtime.py turn it on. Returns False where it does not
+    apply (not Linux/glibc).
     """
     libc = _glibc()
     if libc is None:
         return False
-    for param, value in (_HEAP_ARRAYS if enable else _GLIBC_DEFAULTS).items():
-        if not libc.mallopt(param, value):
-            return False
-    return True
+    return all(libc.mallopt(param, value) for param, value in _HEAP_ARRAYS.items())

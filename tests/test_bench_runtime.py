@@ -212,5 +212,8 @@ def test_gemm_count_bound(global_state):
     assert R.loop_speedup_bound(pb, "weight", 16) == pytest.approx(16 * (P + Tw) / (P + 16 * Tw))
     assert R.loop_speedup_bound(pb, "weight", 1) == pytest.approx(1.0)
     # an attention-like matmul between activations carries two tangent terms
+    # (and two gradient GEMMs in the local VJP); a second weighted GEMM in a block adds its input gradient
     assert R.loop_speedup_bound([[(10, True)], [(20, False)]], "activity", 2) == pytest.approx(
-        (2 * (30 + 40) + 10) / (30 + 2 * 40 + 10))
+        (2 * (30 + 40) + 50) / (30 + 2 * 40 + 50))
+    assert R.loop_speedup_bound([[(10, True), (5, True)]], "activity", 4) == pytest.approx(
+        (4 * 15 + 20) / (15 + 20))

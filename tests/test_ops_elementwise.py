@@ -97,5 +97,6 @@ def test_float32_gelu_matches_float64():
     np.testing.assert_allclose(out, exact, rtol=2e-6, atol=1e-6)
     np.testing.assert_allclose(tan[0], deriv, rtol=2e-6, atol=1e-6)
     assert dt.gelu(np.array([np.inf], np.float32))[0] == np.inf
+    assert (out[x < 0] <= 0).all() and (out[x > 0] >= 0).all()  # erf stays within [-1, 1]
     assert dt.gelu(np.full((2, 0), 1, np.float32)).shape == (2, 0)
     assert np.isnan(dt.gelu(np.array([np.nan], np.float32))).all()
