@@ -67,7 +67,8 @@ DEFAULT_LR: dict[tuple[str, str], float] = {
 
 #: options a resumed run may change (everything else must equal the checkpoint's configuration)
 RESUME_OVERRIDABLE = frozenset({"epochs", "early_stopping", "quiet", "plot", "data_dir", "download",
-                                "eval_batch_size", "device", "threads", "out", "overwrite"})
+                                "eval_batch_size", "device", "threads", "heap_arrays", "out",
+                                "overwrite"})
 
 _TANGENT_STREAM = (0, 1)   # tangent generator: default_rng([seed, 0, 1])
 _DROPOUT_STREAM = (0, 2)   # dropout generator i: default_rng([seed, 0, 2, i])
@@ -141,6 +142,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None        # BLAS threads (threadpoolctl); None: 1 for mlp on cpu, else the library's
+    heap_arrays: bool = False         # cpu: backend.heap_arrays() for the process (freed large arrays reused)
     dtype: str = "float32"
     out: str | None = None
     overwrite: bool = False
@@ -419,9 +421,9 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
     """Run (or with ``resume`` continue) the configured training; returns the summary dict.
 
     See :func:`_train` for the exceptions; the BLAS threads are limited meanwhile (:func:`blas_threads`).
-    On the CPU it turns on :func:`dualtensor.backend.heap_arrays` for the process.
+    With ``heap_arrays`` on the CPU it turns on :func:`dualtensor.backend.heap_arrays` for the process.
     """
-    if config.device == "cpu":
+    if config.heap_arrays and config.device == "cpu":
         heap_arrays()  # reuse freed large arrays across steps instead of page-faulting them in again
     threads = blas_threads(config)
     if threads is None:

@@ -70,7 +70,8 @@ def check_run_files(out: Path, epochs: int) -> dict:
     ["--grad", "simulated", "--perturb", "weight", "--aggregate", "normalized", *WEIGHT],
     ["--grad", "forward", "--perturb", "activity", "--aggregate", "sum", "--tangents", "rademacher",
      "--lr", "0.005", "--optimizer", "adam"],
-    ["--grad", "forward", "--tangents", "cone", "--cone-alpha", "0.5", "--keep", "recompute", "--threads", "1"],
+    ["--grad", "forward", "--tangents", "cone", "--cone-alpha", "0.5", "--keep", "recompute", "--threads", "1",
+     "--heap-arrays"],
 ], ids=["backprop", "fwd-activity-projection", "fwd-weight-projection", "sim-activity-mean",
         "sim-weight-normalized", "fwd-activity-sum-adam", "fwd-cone-recompute"])
 def test_cli_smoke(capsys, tmp_path, extra):
@@ -83,6 +84,7 @@ def test_cli_smoke(capsys, tmp_path, extra):
     assert "test accuracy" in stdout
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["grad"] == extra[1]
+    assert cfg["heap_arrays"] is ("--heap-arrays" in extra)
 
 
 def test_progress_output_and_plot(capsys, tmp_path):
