@@ -424,8 +424,9 @@ def loop_speedup_bound(per_block: list, perturb: str, k: int) -> float:
     work left out. P = primal multiply-adds. Activity: every GEMM after the first block carries the
     tangent (T per tangent; attention and matmuls between activations twice), and the block-local VJP
     costs W = one weight-gradient GEMM per weighted GEMM plus an input-gradient GEMM after the first GEMM
-    of a block (both operands' gradients for matmuls between activations and attention); loop k(P + T) + W against P + kT + W. Weight: every GEMM has a weight-tangent term
-    and, except the model's first (it reads the data), an input-tangent term; loop k(P + T) against P + kT.
+    of a block (both operands' gradients for matmuls between activations and attention); loop k(P + T) + W
+    against P + kT + W. Weight: every GEMM has a weight-tangent term and, except the model's first (it reads
+    the data), an input-tangent term; loop k(P + T) against P + kT.
     """
     flat = [(i, j, m, w) for i, blk in enumerate(per_block) for j, (m, w) in enumerate(blk)]
     P = sum(m for *_, m, _ in flat)
@@ -860,7 +861,8 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     print(f"# bench/runtime.py: forward gradients vs backprop\n\nbackend {env['backend']} ({env['device']}), "
           f"dtype {a.dtype}, BLAS threads {T.blas_threads(env['blas'])} ({how}), cpus {env['cpu_count']}, "
-          f"allocator {env['allocator']}, aggregate {a.aggregate}, keep {a.keep}, repeats {a.repeats} (+{a.warmup} warm-up, samples >= "
+          f"allocator {env['allocator']}, aggregate {a.aggregate}, keep {a.keep}, repeats {a.repeats} "
+          f"(+{a.warmup} warm-up, samples >= "
           f"{a.min_time * 1e3:g} ms), "
           f"A/B interleaved; times are {a.stat}s in ms (per step), memory = peak above the live set in MB\n",
           flush=True)

@@ -170,8 +170,8 @@ def heap_arrays() -> bool:
     faults on all of its large temporaries again. This sets mallopt(M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GB,
     M_TOP_PAD=64 MB): large blocks come from the heap and freed ones are reused by the next step (the process
     keeps its peak footprint). Process-wide and one-way (setting any of these turns off glibc's dynamic mmap
-    threshold for good); the training CLI and bench/runtime.py turn it on. Returns False where it does not
-    apply (not Linux/glibc).
+    threshold for good); bench/runtime.py turns it on, the training CLI with ``--heap-arrays``. Returns False
+    where it does not apply (not Linux/glibc).
     """
     libc = _glibc()
     if libc is None:

@@ -17,8 +17,8 @@ matmul over B; a view for 1x1 kernels). Every rule follows the layout of the sav
 The input VJP is one GEMM per group in a batch-last layout, (C/G*kh*kw, O/G) @ (O/G, Ho*Wo*N), and col2im (a
 loop over the kh*kw kernel offsets adding strided slices, each over Wo*N contiguous numbers); the weight VJP is
 ``g @ cols^T`` and the bias VJP a sum. Measured on CPU (1 BLAS thread): ResNet18 backprop step at batch 128
-922 -> 772 ms against the per-image layout, whose col2im adds ran over rows of only Wo numbers. The window helpers here (``_windows``, ``_offsets``, ``_col2im``, ``_pad``)
-are shared with ``pool.py``.
+922 -> 772 ms against the per-image layout, whose col2im adds ran over rows of only Wo numbers. The window
+helpers here (``_windows``, ``_offsets``, ``_col2im``, ``_pad``) are shared with ``pool.py``.
 """
 from __future__ import annotations
 

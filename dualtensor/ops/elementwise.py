@@ -169,7 +169,7 @@ _ERF_P = tuple(np.float32(c) for c in (-2.72614225801306e-10, 2.77068142495902e-
                                        -1.60960333262415e-02))
 _ERF_Q = tuple(np.float32(c) for c in (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
                                        -7.37332916720468e-03, -1.42647390514189e-02))
-_ERF_CHUNK = 1 << 16  # elements per chunk: the two float32 temporaries stay in cache
+_ERF_CHUNK = 1 << 16  # elements per chunk: the three float32 scratch rows stay in cache
 
 
 def _erf_float32(x: np.ndarray) -> np.ndarray:
