@@ -70,7 +70,7 @@ from dualtensor.nn import init as nn_init  # noqa: E402
 from dualtensor.nn.layers import (AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear,  # noqa: E402
                                   MaxPool2d, ReLU)
 from dualtensor.nn.models import mlp, resnet18, vit  # noqa: E402
-from dualtensor.nn.models.blocked import Blocked  # noqa: E402
+from dualtensor.nn.models.blocked import Blocked, eval_mode  # noqa: E402
 from dualtensor.nn.models.resnet import BasicBlock, ResNet  # noqa: E402
 from dualtensor.nn.module import Sequential, functional_call  # noqa: E402
 from dualtensor.tensor import DualTensor, Zero  # noqa: E402
@@ -398,24 +398,19 @@ def gemm_macs(case: Case) -> list[list[tuple[int, bool]]]:
             return ans
         return run
 
-    mods = [m for b in case.blocks for m in b.modules()]
-    modes = [m.training for m in mods]
     per_block = []
     try:
         for p, impl in zip(prims, saved):
             p.impl = counting(p, impl)
-        for m in mods:
-            object.__setattr__(m, "training", False)
-        h = case.x
-        for b in case.blocks:
-            calls.clear()
-            h = _primal(b(h))
-            per_block.append(list(calls))
+        with eval_mode(case.blocks):
+            h = case.x
+            for b in case.blocks:
+                calls.clear()
+                h = _primal(b(h))
+                per_block.append(list(calls))
     finally:
         for p, impl in zip(prims, saved):
             p.impl = impl
-        for m, t in zip(mods, modes):
-            object.__setattr__(m, "training", t)
     return per_block
 
 

@@ -1,7 +1,8 @@
 """A model given as a sequence of blocks (the unit of activity perturbation)."""
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -33,20 +34,27 @@ class Blocked(Module):
                             get_xp(p).zeros((1, *input_shape), p.dtype))[0]
 
 
-def probe_blocks(blocks: list, x: Any) -> tuple[list[int], Any]:
-    """Per-sample output sizes of ``blocks`` and the last output's dtype, from one batch-1 pass of
-    ``x[:1]`` on plain arrays in eval mode (no batch-norm statistics or dropout state change); every
-    module's training flag is restored afterwards."""
+@contextmanager
+def eval_mode(blocks: list) -> Iterator[None]:
+    """Every module of ``blocks`` in eval mode (no batch-norm statistics or dropout state change) for the
+    duration; each module's training flag is restored afterwards."""
     mods = [m for b in blocks for m in b.modules()]
     modes = [m.training for m in mods]
     for m in mods:
         object.__setattr__(m, "training", False)
     try:
+        yield
+    finally:
+        for m, t in zip(mods, modes):
+            object.__setattr__(m, "training", t)
+
+
+def probe_blocks(blocks: list, x: Any) -> tuple[list[int], Any]:
+    """Per-sample output sizes of ``blocks`` and the last output's dtype, from one batch-1 pass of
+    ``x[:1]`` on plain arrays in eval mode (:func:`eval_mode`)."""
+    with eval_mode(blocks):
         h, sizes = x[:1], []
         for b in blocks:
             h = b(h)
             sizes.append(int(np.prod(h.shape[1:])))
-    finally:
-        for m, t in zip(mods, modes):
-            object.__setattr__(m, "training", t)
     return sizes, h.dtype
