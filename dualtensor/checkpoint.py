@@ -1,86 +1,63 @@
-"""Atomic files and ``.npz`` training checkpoints (no pickle anywhere).
+"""``.npz`` training checkpoints: written atomically, read without pickle, validated on load.
 
 A checkpoint is one ``.npz`` archive that loads with ``np.load(path, allow_pickle=False)``:
 
 * ``model/<name>``: parameters and buffers (``Module.state_dict()``), copied to the host;
 * ``optim/...`` and ``sched/...``: optimizer and schedule state, flattened with
   :func:`dualtensor.optim.state_to_arrays` (arrays plus a JSON ``__meta__`` string);
-* ``epoch`` (int64) and ``best_metric`` (float64) scalars;
-* ``config``, ``rng_state`` and ``train_state``: JSON strings (0-d unicode arrays). NumPy
-  ``Generator`` states are stored as their ``bit_generator.state`` dicts, whose 128-bit
+* ``format_version`` and ``epoch``: 0-d int64;
+* ``config``, ``rng_state`` and ``train_state``: JSON objects stored as 0-d unicode arrays.
+  NumPy ``Generator`` states are stored as their ``bit_generator.state`` dicts, whose 128-bit
   integers JSON keeps exactly.
 
-Every file is written atomically: a temporary file in the destination directory, flushed and
-fsynced, then ``os.replace``-d over the target, so a crash leaves either the old or the new file
-and never a partial one (nor a stray temporary).
+:func:`load_checkpoint` checks the file's structure (every entry present, of the right kind,
+JSON that parses to objects) and raises :class:`CheckpointError` naming the first bad entry;
+:func:`check_arrays` checks arrays against the ones they are meant to replace (names, shapes,
+dtypes, finiteness).
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["Checkpoint", "CheckpointError", "atomic_write", "atomic_write_text", "save_npz_atomic",
-           "save_checkpoint", "load_checkpoint", "generator_state", "set_generator_state",
-           "FORMAT_VERSION"]
+from .backend import to_device
+from .errors import UsageError
+from .files import atomic_write
 
-FORMAT_VERSION = 1
-_MODEL, _OPTIM, _SCHED = "model/", "optim/", "sched/"
+__all__ = ["Checkpoint", "CheckpointError", "checkpoint_arrays", "save_checkpoint", "load_checkpoint", "read_config",
+           "save_npz_atomic", "write_npz", "check_arrays", "generator_state", "set_generator_state", "FORMAT_VERSION"]
 
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable or not a dualtensor checkpoint."""
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Create ``path`` atomically: ``write(f)`` fills a temporary file in the same directory,
-    which is fsynced and renamed over ``path``; on any error the temporary file is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+FORMAT_VERSION = 2
+MODEL, OPTIM, SCHED = "model/", "optim/", "sched/"
+_JSON_ENTRIES = ("config", "rng_state", "train_state")
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a UTF-8 text file atomically."""
-    data = text.encode("utf-8")
-    return atomic_write(path, lambda f: f.write(data))
+class CheckpointError(UsageError, ValueError):
+    """A checkpoint file is missing, unreadable, damaged or does not fit the run."""
 
 
-def _host(a: Any) -> np.ndarray:
-    if type(a).__module__.startswith("cupy"):
-        return a.get()
-    return np.asarray(a)
+def write_npz(f: IO[bytes], arrays: Mapping[str, Any]) -> None:
+    """``np.savez`` (uncompressed) of ``arrays``, copied to the host, into the open file ``f``.
+    Object arrays are refused (they would need pickle)."""
+    host = {}
+    for k, v in arrays.items():
+        a = np.asarray(to_device(v, "cpu"))
+        if a.dtype.hasobject:
+            raise TypeError(f"write_npz: entry {k!r} is an object array, which needs pickle")
+        host[k] = a
+    np.savez(f, **host)
 
 
 def save_npz_atomic(path: str | os.PathLike, arrays: Mapping[str, Any]) -> Path:
-    """``np.savez`` (uncompressed) of ``arrays`` to ``path``, atomically. Object arrays are refused
-    (they would need pickle)."""
-    host = {}
-    for k, v in arrays.items():
-        a = _host(v)
-        if a.dtype.hasobject:
-            raise TypeError(f"save_npz_atomic: entry {k!r} is an object array, which needs pickle")
-        host[k] = a
-    return atomic_write(path, lambda f: np.savez(f, **host))
+    """:func:`write_npz` into ``path``, atomically."""
+    return atomic_write(path, lambda f: write_npz(f, arrays))
 
 
 def generator_state(gen: Any) -> dict:
@@ -88,13 +65,17 @@ def generator_state(gen: Any) -> dict:
     return gen.bit_generator.state
 
 
-def set_generator_state(gen: Any, state: Mapping) -> None:
-    """Restore a state from :func:`generator_state` (the bit generator kinds must match)."""
+def set_generator_state(gen: Any, state: Any, what: str = "rng_state") -> None:
+    """Restore a state from :func:`generator_state`; a state that does not fit the generator
+    raises :class:`CheckpointError` naming ``what``."""
     kind = type(gen.bit_generator).__name__
-    if state.get("bit_generator") != kind:
-        raise CheckpointError(f"checkpoint RNG state is for {state.get('bit_generator')!r}, "
-                              f"the generator is a {kind}")
-    gen.bit_generator.state = dict(state)
+    if not isinstance(state, Mapping) or state.get("bit_generator") != kind:
+        got = state.get("bit_generator") if isinstance(state, Mapping) else type(state).__name__
+        raise CheckpointError(f"{what}: expected a {kind} generator state, got {got!r}")
+    try:
+        gen.bit_generator.state = dict(state)
+    except (TypeError, ValueError, KeyError, OverflowError) as e:
+        raise CheckpointError(f"{what}: not a valid {kind} state ({e})") from None
 
 
 @dataclass
@@ -105,63 +86,137 @@ class Checkpoint:
     optimizer_state: dict | None
     scheduler_state: dict | None
     epoch: int
-    best_metric: float
     config: dict
-    rng_state: dict = field(default_factory=dict)
-    train_state: dict = field(default_factory=dict)
+    rng_state: dict
+    train_state: dict
     path: Path | None = None
 
 
 def _json(obj: Any) -> np.ndarray:
-    return np.array(json.dumps(obj, allow_nan=True, sort_keys=False))
+    return np.array(json.dumps(obj, allow_nan=True))
 
 
-def save_checkpoint(path: str | os.PathLike, *, model: Any, optimizer: Any = None, scheduler: Any = None,
-                    epoch: int, best_metric: float, config: Mapping, rng_state: Mapping | None = None,
-                    train_state: Mapping | None = None) -> Path:
-    """Write a full training checkpoint to ``path`` atomically (see the module docstring)."""
+def checkpoint_arrays(*, model: Any, optimizer: Any = None, scheduler: Any = None, epoch: int,
+                      config: Mapping, rng_state: Mapping | None = None,
+                      train_state: Mapping | None = None) -> dict[str, Any]:
+    """The entries of a checkpoint (see the module docstring), arrays still on their device."""
     from .optim import state_to_arrays
 
-    arrays: dict[str, Any] = {}
-    for name, value in model.state_dict().items():
-        arrays[_MODEL + name] = value
+    arrays: dict[str, Any] = {MODEL + name: value for name, value in model.state_dict().items()}
     if optimizer is not None:
-        arrays.update(state_to_arrays(optimizer.state_dict(), prefix=_OPTIM))
+        arrays.update(state_to_arrays(optimizer.state_dict(), prefix=OPTIM))
     if scheduler is not None:
-        arrays.update(state_to_arrays(scheduler.state_dict(), prefix=_SCHED))
+        arrays.update(state_to_arrays(scheduler.state_dict(), prefix=SCHED))
     arrays["format_version"] = np.array(FORMAT_VERSION, np.int64)
     arrays["epoch"] = np.array(int(epoch), np.int64)
-    arrays["best_metric"] = np.array(float(best_metric), np.float64)
     arrays["config"] = _json(dict(config))
     arrays["rng_state"] = _json(dict(rng_state or {}))
     arrays["train_state"] = _json(dict(train_state or {}))
-    return save_npz_atomic(path, arrays)
+    return arrays
+
+
+def save_checkpoint(path: str | os.PathLike, **contents: Any) -> Path:
+    """Write a checkpoint (the keywords of :func:`checkpoint_arrays`) to ``path`` atomically."""
+    return save_npz_atomic(path, checkpoint_arrays(**contents))
+
+
+def _read_entries(path: Path, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is not a dualtensor checkpoint (not an .npz archive)")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise CheckpointError(f"{path}: unreadable .npz archive ({type(e).__name__})") from None
+    data = {}
+    with z:
+        for key in z.files if keys is None else [k for k in keys if k in z.files]:
+            try:
+                data[key] = z[key]
+            except ValueError:  # NumPy's text suggests allow_pickle=True; dualtensor never unpickles
+                raise CheckpointError(f"{path}: entry {key!r} holds a Python object (pickle), "
+                                      "which dualtensor never loads") from None
+            except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
+                raise CheckpointError(f"{path}: entry {key!r} is damaged ({type(e).__name__})") from None
+    return data
+
+
+def _int_entry(data: Mapping, key: str, path: Path) -> int:
+    v = data[key]
+    if v.shape != () or v.dtype.kind not in "iu":
+        raise CheckpointError(f"{path}: entry {key!r} must be a 0-d integer, got {v.dtype} of shape {v.shape}")
+    return int(v)
+
+
+def _json_entry(data: Mapping, key: str, path: Path) -> dict:
+    v = data[key]
+    if v.shape != () or v.dtype.kind != "U":
+        raise CheckpointError(f"{path}: entry {key!r} must be a JSON string, got {v.dtype} of shape {v.shape}")
+    try:
+        obj = json.loads(str(v[()]))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: entry {key!r} is not valid JSON ({e.msg} at {e.pos})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: entry {key!r} must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _state_entry(data: Mapping, prefix: str, path: Path) -> dict | None:
+    from .optim import state_from_arrays
+
+    if prefix + "__meta__" not in data:
+        return None
+    try:
+        return state_from_arrays(data, prefix=prefix)
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+        what = {OPTIM: "optimizer", SCHED: "schedule"}[prefix]
+        reason = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise CheckpointError(f"{path}: the {what} state ({prefix}__meta__) is damaged ({reason})") from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint` (``allow_pickle=False``)."""
-    from .optim import state_from_arrays
-
+    """Read and structurally check a checkpoint written by :func:`save_checkpoint`."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except Exception as e:  # zipfile.BadZipFile, ValueError, OSError ...
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
-    for key in ("format_version", "epoch", "best_metric", "config"):
+    data = _read_entries(path)
+    for key in ("format_version", "epoch", *_JSON_ENTRIES):
         if key not in data:
             raise CheckpointError(f"{path} is not a dualtensor checkpoint (no {key!r} entry)")
-    version = int(data["format_version"])
+    version = _int_entry(data, "format_version", path)
     if version != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {version}, this dualtensor reads {FORMAT_VERSION}")
+        raise CheckpointError(f"{path}: checkpoint format {version}; this dualtensor reads format {FORMAT_VERSION}")
+    epoch = _int_entry(data, "epoch", path)
+    if epoch < 0:
+        raise CheckpointError(f"{path}: entry 'epoch' is {epoch}, must be >= 0")
+    model_state = {k[len(MODEL):]: v for k, v in data.items() if k.startswith(MODEL)}
+    config, rng_state, train_state = (_json_entry(data, k, path) for k in _JSON_ENTRIES)
+    return Checkpoint(model_state, _state_entry(data, OPTIM, path), _state_entry(data, SCHED, path), epoch,
+                      config, rng_state, train_state, path)
 
-    def text(key: str) -> dict:
-        return json.loads(str(data[key][()])) if key in data else {}
 
-    model_state = {k[len(_MODEL):]: v for k, v in data.items() if k.startswith(_MODEL)}
-    optim = state_from_arrays(data, prefix=_OPTIM) if _OPTIM + "__meta__" in data else None
-    sched = state_from_arrays(data, prefix=_SCHED) if _SCHED + "__meta__" in data else None
-    return Checkpoint(model_state, optim, sched, int(data["epoch"]), float(data["best_metric"]),
-                      text("config"), text("rng_state"), text("train_state"), path)
+def read_config(path: str | os.PathLike) -> dict:
+    """Only the ``config`` entry of a checkpoint (the other entries are not read)."""
+    path = Path(path)
+    data = _read_entries(path, ("config",))
+    if "config" not in data:
+        raise CheckpointError(f"{path} is not a dualtensor checkpoint (no 'config' entry)")
+    return _json_entry(data, "config", path)
+
+
+def check_arrays(found: Mapping[str, Any], expected: Mapping[str, Any], where: str) -> None:
+    """Raise :class:`CheckpointError` unless ``found`` has exactly the names of ``expected``, each with
+    the same shape and dtype, and every floating value finite. ``where`` names the source."""
+    missing = [k for k in expected if k not in found]
+    if missing:
+        raise CheckpointError(f"{where}: missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    extra = [k for k in found if k not in expected]
+    if extra:
+        raise CheckpointError(f"{where}: unexpected entry {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}")
+    for name, ref in expected.items():
+        a = found[name]
+        if tuple(a.shape) != tuple(ref.shape):
+            raise CheckpointError(f"{where}: {name} has shape {tuple(a.shape)}, the model needs {tuple(ref.shape)}")
+        if a.dtype != ref.dtype:
+            raise CheckpointError(f"{where}: {name} is {a.dtype}, the run is {ref.dtype}")
+        if a.dtype.kind in "fc" and not bool(np.isfinite(to_device(a, "cpu")).all()):
+            raise CheckpointError(f"{where}: {name} holds non-finite values (NaN or inf)")

@@ -1,7 +1,8 @@
-"""Per-epoch training metrics: CSV and JSON Lines files, and loss/accuracy plots.
+"""Per-epoch training metrics as CSV and JSON Lines text, and loss/accuracy plots as PNG bytes.
 
-The files are rewritten (atomically) from the full history after every epoch, so a resumed run
-continues them exactly where its checkpoint left off, and a crash never leaves a half line.
+The texts are rebuilt from the full history after every epoch (and written atomically by the
+run folder), so a resumed run continues them exactly where its checkpoint left off and a crash
+never leaves half a line.
 """
 from __future__ import annotations
 
@@ -11,12 +12,9 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_text
-
-__all__ = ["FIELDS", "write_history", "read_jsonl", "plot_history", "clean_json"]
+__all__ = ["FIELDS", "history_csv", "history_jsonl", "read_jsonl", "history_png", "clean_json"]
 
 #: the columns of ``metrics.csv`` (and the keys of each ``metrics.jsonl`` record), in order
 FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "steps", "time", "eval_time",
@@ -36,17 +34,20 @@ def clean_json(obj: Any) -> Any:
     return obj
 
 
-def write_history(history: Sequence[Mapping[str, Any]], csv_path: str | os.PathLike,
-                  jsonl_path: str | os.PathLike) -> None:
-    """Write ``history`` (one dict per epoch) to a CSV file and a JSON Lines file."""
+def history_csv(history: Sequence[Mapping[str, Any]]) -> str:
+    """``history`` (one dict per epoch) as CSV text with the columns :data:`FIELDS`."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(FIELDS), extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for row in history:
         w.writerow({k: _fmt(row.get(k)) for k in FIELDS})
-    atomic_write_text(csv_path, buf.getvalue())
-    lines = [json.dumps(clean_json({k: row.get(k) for k in FIELDS}), allow_nan=False) for row in history]
-    atomic_write_text(jsonl_path, "".join(line + "\n" for line in lines))
+    return buf.getvalue()
+
+
+def history_jsonl(history: Sequence[Mapping[str, Any]]) -> str:
+    """``history`` as JSON Lines text, one strict-JSON record of :data:`FIELDS` per epoch."""
+    return "".join(json.dumps(clean_json({k: row.get(k) for k in FIELDS}), allow_nan=False) + "\n"
+                   for row in history)
 
 
 def _fmt(v: Any) -> Any:
@@ -61,8 +62,8 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_history(history: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
-    """Loss and accuracy curves (train and validation per epoch) as a PNG.
+def history_png(history: Sequence[Mapping[str, Any]], title: str = "") -> bytes:
+    """Loss and accuracy curves (train and validation per epoch) as PNG bytes.
 
     Raises ``ImportError`` with an installation hint when matplotlib is missing.
     """
@@ -71,35 +72,25 @@ def plot_history(history: Sequence[Mapping[str, Any]], path: str | os.PathLike, 
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError as e:
         raise ImportError("plotting needs matplotlib: pip install 'dualtensor[plot]' "
                           "(or pip install matplotlib)") from e
     epochs = [r["epoch"] for r in history]
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label, style in (("train_loss", "train", "-o"), ("val_loss", "validation", "-s")):
-        ax_l.plot(epochs, [r.get(key) for r in history], style, label=label, markersize=3)
-    for key, label, style in (("train_acc", "train", "-o"), ("val_acc", "validation", "-s")):
-        ax_a.plot(epochs, [r.get(key) for r in history], style, label=label, markersize=3)
-    ax_l.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
-    ax_a.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    from matplotlib.ticker import MaxNLocator
-
-    for ax in (ax_l, ax_a):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-
-    def write(f):
-        fig.savefig(f, format="png", dpi=110)
-
-    from .checkpoint import atomic_write
-
     try:
-        atomic_write(path, write)
+        for ax, what, ylabel in ((ax_l, "loss", "cross-entropy loss"), (ax_a, "acc", "accuracy")):
+            for split, label, style in (("train", "train", "-o"), ("val", "validation", "-s")):
+                ax.plot(epochs, [r.get(f"{split}_{what}") for r in history], style, label=label, markersize=3)
+            ax.set(xlabel="epoch", ylabel=ylabel, title="loss" if what == "loss" else "accuracy")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+            ax.legend()
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        return buf.getvalue()
     finally:
         plt.close(fig)
-    return path

@@ -25,3 +25,13 @@ def xp(request):
         pytest.skip("cupy with a GPU is not available")
     import cupy
     return cupy
+
+
+# One BLAS thread for the whole session: the suite shares 2 cores with pytest's own work, and the
+# training code leaves BLAS at the library's default unless --threads says otherwise.
+try:
+    from threadpoolctl import threadpool_limits
+
+    _BLAS_LIMIT = threadpool_limits(limits=1, user_api="blas")
+except ImportError:  # pragma: no cover
+    pass

@@ -17,15 +17,17 @@ from .datasets import (
                        get_spec,
                        load,
                        load_raw,
+                       mirror_bases,
                        search_dirs,
                        split_indices,
 )
 from .download import ChecksumError, DownloadError, download, file_checksum, parse_checksum
+from .errors import DataError
 from .idx import IDXError, read_idx, write_idx
 
 __all__ = [
-    "DATASETS", "ArchiveError", "Batches", "ChecksumError", "DatasetNotFoundError", "DatasetSpec",
+    "DATASETS", "ArchiveError", "Batches", "ChecksumError", "DataError", "DatasetNotFoundError", "DatasetSpec",
     "DownloadError", "IDXError", "Split", "Splits", "UnsafeArchiveError", "batches", "cache_dir",
     "download", "epoch_order", "extract_cifar", "file_checksum", "get_spec", "load", "load_raw",
-    "parse_checksum", "read_cifar_batch", "read_idx", "search_dirs", "split_indices", "write_idx",
+    "mirror_bases", "parse_checksum", "read_cifar_batch", "read_idx", "search_dirs", "split_indices", "write_idx",
 ]

@@ -7,25 +7,31 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
-import shutil
 import tarfile
-import tempfile
 import zlib
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from ..files import atomic_write_text, new_temp_file
+from .download import ChecksumError, file_checksum
+from .errors import DataError
+
 BATCH_DIR = "cifar-10-batches-bin"
 TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 TEST_FILE = "test_batch.bin"
 BATCH_FILES = TRAIN_FILES + (TEST_FILE,)
+#: the sha256 of each batch file, written (``sha256sum`` format) when dualtensor extracts them from
+#: the verified release archive, and checked whenever they are read
+SUMS_FILE = "SHA256SUMS"
 IMAGE_SHAPE = (3, 32, 32)
 RECORD_BYTES = 1 + 3 * 32 * 32
 NUM_CLASSES = 10
 
 
-class ArchiveError(ValueError):
+class ArchiveError(DataError):
     """An archive is malformed or lacks the expected members."""
 
 
@@ -48,7 +54,11 @@ def parse_cifar_records(data: bytes, source: str = "<bytes>") -> tuple[np.ndarra
 
 def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read one ``*.bin`` batch file into ``(images uint8 (N, 3, 32, 32), labels uint8 (N,))``."""
-    return parse_cifar_records(Path(path).read_bytes(), str(path))
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise ArchiveError(f"{path}: cannot read ({e.strerror or e})") from None
+    return parse_cifar_records(raw, str(path))
 
 
 def read_cifar_dir(directory: str | os.PathLike) -> tuple[tuple[np.ndarray, np.ndarray],
@@ -59,6 +69,29 @@ def read_cifar_dir(directory: str | os.PathLike) -> tuple[tuple[np.ndarray, np.n
     x_train = np.concatenate([x for x, _ in train])
     y_train = np.concatenate([y for _, y in train])
     return (x_train, y_train), read_cifar_batch(directory / TEST_FILE)
+
+
+def verify_batches(directory: str | os.PathLike) -> bool:
+    """Check the batch files in ``directory`` against the :data:`SUMS_FILE` dualtensor wrote when it
+    extracted them; False when there is none (a copy extracted by other means cannot be checked:
+    the release publishes a checksum of the archive only). Raises :class:`ChecksumError`."""
+    directory = Path(directory)
+    try:
+        lines = (directory / SUMS_FILE).read_text(encoding="ascii").splitlines()
+    except FileNotFoundError:
+        return False
+    except (OSError, UnicodeDecodeError) as e:
+        raise ArchiveError(f"{directory / SUMS_FILE}: cannot read ({e})") from None
+    recorded = dict(reversed(line.split(None, 1)) for line in lines if line.strip())
+    for name in BATCH_FILES:
+        path = directory / name
+        expected = recorded.get(name, "").strip()
+        actual = file_checksum(path, "sha256")
+        if actual != expected:
+            raise ChecksumError(f"{path}: sha256 {actual} differs from {expected or 'nothing'} recorded in "
+                                f"{SUMS_FILE} when dualtensor extracted it from the verified archive; delete "
+                                f"{directory} to extract it again")
+    return True
 
 
 def check_member(member: tarfile.TarInfo, dest: str | os.PathLike) -> None:
@@ -90,13 +123,15 @@ def extract_cifar(archive: str | os.PathLike, dest_dir: str | os.PathLike) -> Pa
 
     The whole archive is scanned in one streaming pass; any unsafe member (see
     :func:`check_member`) rejects the archive. Needed members are written to temporary files and
-    renamed into place only after the scan succeeds, so nothing partial is left on failure.
-    Returns the directory holding the batch files.
+    renamed into place only after the scan succeeds, so nothing partial is left on failure; their
+    sha256 go into :data:`SUMS_FILE` beside them (:func:`verify_batches`). Returns the directory
+    holding the batch files.
     """
     out = Path(dest_dir) / BATCH_DIR
     out.mkdir(parents=True, exist_ok=True)
     wanted = {f"{BATCH_DIR}/{name}": name for name in BATCH_FILES}
     staged: dict[str, Path] = {}
+    sums: dict[str, str] = {}
     try:
         try:
             with tarfile.open(archive, mode="r|*") as tar:
@@ -111,11 +146,14 @@ def extract_cifar(archive: str | os.PathLike, dest_dir: str | os.PathLike) -> Pa
                         raise ArchiveError(f"{archive}: member {name!r} has {member.size} bytes, "
                                            f"not a multiple of {RECORD_BYTES}")
                     source = tar.extractfile(member)
-                    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{wanted[name]}.", suffix=".part")
-                    staged[name] = Path(tmp)
+                    fd, staged[name] = new_temp_file(out, wanted[name], suffix=".part")
+                    h = hashlib.sha256()
                     with os.fdopen(fd, "wb") as f, source:
-                        shutil.copyfileobj(source, f, 1 << 20)
-        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+                        while chunk := source.read(1 << 20):
+                            h.update(chunk)
+                            f.write(chunk)
+                    sums[wanted[name]] = h.hexdigest()
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError) as e:
             raise ArchiveError(f"{archive}: cannot read archive ({type(e).__name__}: {e})") from e
         missing = sorted(set(wanted) - set(staged))
         if missing:
@@ -123,6 +161,7 @@ def extract_cifar(archive: str | os.PathLike, dest_dir: str | os.PathLike) -> Pa
         for name, tmp in staged.items():
             os.replace(tmp, out / wanted[name])
         staged.clear()
+        atomic_write_text(out / SUMS_FILE, "".join(f"{sums[n]}  {n}\n" for n in BATCH_FILES))
     finally:
         for tmp in staged.values():
             tmp.unlink(missing_ok=True)

@@ -14,12 +14,20 @@ and safely extracted into the cache. ``digits`` ships inside scikit-learn and ne
 
 With ``verify=True`` (default) local files must match the official release: IDX files by the
 checksum of their uncompressed content (so Debian's recompressed copies pass), the CIFAR-10
-archive by its own checksum, and every dataset by its official sample counts.
+archive by its own checksum and the batches dualtensor extracted from it by the checksums it
+recorded then (``SHA256SUMS``), and every dataset by its official sample counts.
+
+Mirrors: each dataset has built-in mirrors; ``mirrors`` (CLI ``--mirror``) or the environment
+variable ``DUALTENSOR_MIRRORS`` (base URLs separated by spaces or commas) replace them. A base URL
+may contain ``{dataset}``, replaced by the dataset's name; the file name is appended. Checksums
+and the release's file sizes are enforced whatever the mirror.
 """
 from __future__ import annotations
 
 import os
 import sys
+import urllib.parse
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +35,20 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UsageError
 from . import cifar
 from .download import ChecksumError, DownloadError, check_file
 from .download import download as fetch
+from .errors import DataError
 from .idx import IDXError, read_idx
 
 Arrays = tuple[np.ndarray, np.ndarray]
 
 
-class DatasetNotFoundError(FileNotFoundError):
+MIRRORS_ENV = "DUALTENSOR_MIRRORS"
+
+
+class DatasetNotFoundError(UsageError, FileNotFoundError):
     """A dataset's files are nowhere to be found and could not be downloaded."""
 
 
@@ -43,13 +56,15 @@ class DatasetNotFoundError(FileNotFoundError):
 class RemoteFile:
     """A file of a dataset release.
 
-    ``checksum`` pins the file as served by the mirrors; ``content``, when known, pins its
-    uncompressed content (used to verify local copies, gzipped or not).
+    ``checksum`` and ``size`` pin the file as served by the mirrors (a download stops past
+    ``size`` bytes); ``content``, when known, pins its uncompressed content (used to verify local
+    copies, gzipped or not).
     """
 
     name: str
     checksum: str
     content: str | None = None
+    size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -72,7 +87,7 @@ class DatasetSpec:
     system_dirs: tuple[str, ...] = ()
 
 
-# Checksums. Downloads: sha256 of the served files, from TensorFlow Datasets' url_checksums
+# Checksums. Downloads: sha256 and size of the served files, from TensorFlow Datasets' url_checksums
 # (mnist.txt, fashion_mnist.txt, cifar10.txt), whose sizes match the official releases.
 # Uncompressed contents: MNIST by the widely published MD5s of the raw IDX files; Fashion-MNIST by
 # sha256 computed from Debian's dataset-fashion-mnist files, whose uncompressed MD5s equal the
@@ -80,34 +95,34 @@ class DatasetSpec:
 _MNIST_FILES = (
     RemoteFile("train-images-idx3-ubyte.gz",
                "sha256:440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-               "md5:6bbc9ace898e44ae57da46a324031adb"),
+               "md5:6bbc9ace898e44ae57da46a324031adb", 9912422),
     RemoteFile("train-labels-idx1-ubyte.gz",
                "sha256:3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-               "md5:a25bea736e30d166cdddb491f175f624"),
+               "md5:a25bea736e30d166cdddb491f175f624", 28881),
     RemoteFile("t10k-images-idx3-ubyte.gz",
                "sha256:8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-               "md5:2646ac647ad5339dbf082846283269ea"),
+               "md5:2646ac647ad5339dbf082846283269ea", 1648877),
     RemoteFile("t10k-labels-idx1-ubyte.gz",
                "sha256:f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-               "md5:27ae3e4e09519cfbb04c329615203637"),
+               "md5:27ae3e4e09519cfbb04c329615203637", 4542),
 )
 _FASHION_FILES = (
     RemoteFile("train-images-idx3-ubyte.gz",
                "sha256:3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-               "sha256:c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+               "sha256:c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888", 26421880),
     RemoteFile("train-labels-idx1-ubyte.gz",
                "sha256:a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-               "sha256:bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+               "sha256:bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9", 29515),
     RemoteFile("t10k-images-idx3-ubyte.gz",
                "sha256:346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-               "sha256:5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+               "sha256:5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b", 4422102),
     RemoteFile("t10k-labels-idx1-ubyte.gz",
                "sha256:67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
-               "sha256:0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+               "sha256:0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34", 5148),
 )
 _CIFAR10_ARCHIVE = RemoteFile(
     "cifar-10-binary.tar.gz",
-    "sha256:c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd")
+    "sha256:c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd", size=170052171)
 
 _DIGIT_NAMES = tuple(str(i) for i in range(10))
 DIGITS_TEST_FRACTION = 0.2
@@ -192,45 +207,60 @@ def _find_cifar_batches(dirs: list[Path]) -> Path | None:
     return None
 
 
-def _not_found(spec: DatasetSpec, dirs: list[Path], data_dir: Any, reason: str
-               ) -> DatasetNotFoundError:
+def mirror_bases(spec: DatasetSpec, mirrors: Any = None) -> tuple[str, ...]:
+    """The base URLs downloads of ``spec`` try, in order: ``mirrors`` if given, else the environment
+    variable :data:`MIRRORS_ENV`, else the built-in ones; ``{dataset}`` is replaced by the name."""
+    source, given = "--mirror", mirrors
+    if given is None and os.environ.get(MIRRORS_ENV, "").strip():
+        source, given = MIRRORS_ENV, os.environ[MIRRORS_ENV].replace(",", " ").split()
+    if given is None:
+        return spec.mirrors
+    bases = []
+    for base in ([given] if isinstance(given, str) else list(given)):
+        if urllib.parse.urlsplit(base).scheme not in ("http", "https"):
+            raise DataError(f"{source}: {base!r} is not an http(s) URL")
+        base = base.replace("{dataset}", spec.name)
+        bases.append(base if base.endswith("/") else base + "/")
+    return tuple(bases)
+
+
+def _not_found(spec: DatasetSpec, dirs: list[Path], data_dir: Any, reason: str) -> DatasetNotFoundError:
     target = Path(data_dir).expanduser() if data_dir is not None else cache_dir() / spec.name
-    lines = [f"dataset {spec.name!r} not found. Put these files in the directory {target}:"]
-    lines += [f"  {f.name}   (from {spec.mirrors[0]}{f.name})" for f in spec.files]
+    what = ", ".join(f.name for f in spec.files)
     if spec.name == "cifar10":
-        lines.append(f"or its extracted directory {cifar.BATCH_DIR}/ "
-                     f"({', '.join(cifar.BATCH_FILES)}).")
-    else:
-        lines.append("Uncompressed copies (the same names without .gz) work too.")
-    if spec.system_dirs:
-        lines.append("On Debian/Ubuntu, `apt-get install dataset-fashion-mnist` provides them in "
-                     f"{spec.system_dirs[0]}.")
-    lines.append("Searched: " + ", ".join(str(d) for d in dirs))
-    lines.append(f"Not downloaded: {reason}")
-    return DatasetNotFoundError("\n".join(lines))
+        what += f" (or its extracted {cifar.BATCH_DIR}/)"
+    hint = (f"; on Debian/Ubuntu `apt-get install dataset-fashion-mnist` provides them in {spec.system_dirs[0]}"
+            if spec.system_dirs else "")
+    return DatasetNotFoundError(f"dataset {spec.name!r} not found (searched {', '.join(map(str, dirs))}); put "
+                                f"{what} from {spec.mirrors[0]} into {target}{hint}; not downloaded: {reason}")
 
 
-def _download_all(spec: DatasetSpec, files: tuple[RemoteFile, ...], dirs: list[Path],
-                  data_dir: Any) -> None:
+def _download_all(spec: DatasetSpec, files: tuple[RemoteFile, ...], dirs: list[Path], data_dir: Any,
+                  mirrors: Any) -> None:
     target = cache_dir() / spec.name
+    bases = mirror_bases(spec, mirrors)
     try:
         for f in files:
             print(f"dualtensor: downloading {f.name} ({spec.name}) into {target}", file=sys.stderr)
-            fetch([m + f.name for m in spec.mirrors], target / f.name, f.checksum)
+            fetch([m + f.name for m in bases], target / f.name, f.checksum, max_bytes=f.size)
     except (DownloadError, ChecksumError) as e:
         raise _not_found(spec, dirs, data_dir, f"download failed: {e}") from e
 
 
-def _load_idx(spec: DatasetSpec, data_dir: Any, download: bool, verify: bool
+def _official(e: ChecksumError, spec: DatasetSpec) -> ChecksumError:
+    return ChecksumError(f"{e}: not the official {spec.name} release; replace the file with the release's")
+
+
+def _load_idx(spec: DatasetSpec, data_dir: Any, download: bool, verify: bool, mirrors: Any
               ) -> tuple[Arrays, Arrays]:
     dirs = search_dirs(spec.name, data_dir)
     paths = _find_idx(spec, dirs)
     if paths is None:
         if not download:
-            raise _not_found(spec, dirs, data_dir, "download=False")
+            raise _not_found(spec, dirs, data_dir, "downloads are off (download=False, --no-download)")
         target = cache_dir() / spec.name
         _download_all(spec, tuple(f for f in spec.files if _idx_path(target, f.name) is None),
-                      dirs, data_dir)
+                      dirs, data_dir, mirrors)
         paths = _find_idx(spec, [target])
         assert paths is not None
     arrays = []
@@ -238,8 +268,7 @@ def _load_idx(spec: DatasetSpec, data_dir: Any, download: bool, verify: bool
         try:
             arrays.append(read_idx(path, f.content if verify else None))
         except ChecksumError as e:
-            raise ChecksumError(f"{e}. The file differs from the official {spec.name} release; "
-                                "replace it (or pass verify=False to use it anyway).") from e
+            raise _official(e, spec) from None
     x_train, y_train, x_test, y_test = arrays
     return (_as_images(spec, x_train, paths[0]), y_train), (_as_images(spec, x_test, paths[2]), y_test)
 
@@ -251,11 +280,14 @@ def _as_images(spec: DatasetSpec, images: np.ndarray, path: Path) -> np.ndarray:
     return images[:, None]
 
 
-def _load_cifar10(spec: DatasetSpec, data_dir: Any, download: bool, verify: bool
+def _load_cifar10(spec: DatasetSpec, data_dir: Any, download: bool, verify: bool, mirrors: Any
                   ) -> tuple[Arrays, Arrays]:
     dirs = search_dirs(spec.name, data_dir)
     batches = _find_cifar_batches(dirs)
     if batches is not None:
+        if verify and not cifar.verify_batches(batches):
+            warnings.warn(f"{batches}: CIFAR-10 batches not extracted by dualtensor, so they cannot be checked "
+                          f"against the release (only its archive has a published checksum)", stacklevel=3)
         return cifar.read_cifar_dir(batches)
     archive_spec = spec.files[0]
     archive = next((d / archive_spec.name for d in dirs if (d / archive_spec.name).is_file()), None)
@@ -264,13 +296,12 @@ def _load_cifar10(spec: DatasetSpec, data_dir: Any, download: bool, verify: bool
             try:
                 check_file(archive, archive_spec.checksum)
             except ChecksumError as e:
-                raise ChecksumError(f"{e}. It is not the official {archive_spec.name}; replace it "
-                                    "(or pass verify=False to use it anyway).") from e
+                raise _official(e, spec) from None
     elif download:
-        _download_all(spec, spec.files, dirs, data_dir)
+        _download_all(spec, spec.files, dirs, data_dir, mirrors)
         archive = cache_dir() / spec.name / archive_spec.name
     else:
-        raise _not_found(spec, dirs, data_dir, "download=False")
+        raise _not_found(spec, dirs, data_dir, "downloads are off (download=False, --no-download)")
     print(f"dualtensor: extracting {archive} into {cache_dir() / spec.name}", file=sys.stderr)
     return cifar.read_cifar_dir(cifar.extract_cifar(archive, cache_dir() / spec.name))
 
@@ -291,29 +322,30 @@ def _load_digits() -> tuple[Arrays, Arrays]:
 
 
 def load_raw(name: str, data_dir: str | os.PathLike | None = None, download: bool = True,
-             verify: bool = True) -> tuple[Arrays, Arrays]:
+             verify: bool = True, mirrors: Any = None) -> tuple[Arrays, Arrays]:
     """The official train and test sets as ``((x_train, y_train), (x_test, y_test))``.
 
     Images are uint8 shaped (N, C, H, W), labels uint8. For ``digits`` the "official" test set
-    is a fixed 20% of the 1797 images (seed 0, independent of any training seed).
-    Raises :class:`DatasetNotFoundError` (a ``FileNotFoundError``) saying which files to put where.
+    is a fixed 20% of the 1797 images (seed 0, independent of any training seed). ``mirrors``:
+    base URLs replacing the built-in ones (see the module docstring).
+    Raises :class:`DatasetNotFoundError` (a ``FileNotFoundError``) saying which files to put where,
+    and a :class:`DataError` for a file that is unreadable, malformed or not the release.
     """
     spec = get_spec(name)
     if spec.name == "digits":
         train, test = _load_digits()
     elif spec.name == "cifar10":
-        train, test = _load_cifar10(spec, data_dir, download, verify)
+        train, test = _load_cifar10(spec, data_dir, download, verify, mirrors)
     else:
-        train, test = _load_idx(spec, data_dir, download, verify)
+        train, test = _load_idx(spec, data_dir, download, verify, mirrors)
     for split, (x, y), size in (("train", train, spec.train_size), ("test", test, spec.test_size)):
         if x.shape[1:] != spec.input_shape or y.ndim != 1 or len(x) != len(y):
-            raise ValueError(f"{spec.name} {split}: images {x.shape} and labels {y.shape} do not "
-                             f"match (N, {', '.join(map(str, spec.input_shape))}) and (N,)")
+            raise DataError(f"{spec.name} {split} set: {len(x)} images of shape {x.shape[1:]} and labels of shape "
+                            f"{y.shape} do not match (N, {', '.join(map(str, spec.input_shape))}) and (N,)")
         if len(y) and int(y.max()) >= spec.num_classes:
-            raise ValueError(f"{spec.name} {split}: label {int(y.max())} out of range")
+            raise DataError(f"{spec.name} {split} set: label {int(y.max())} out of range 0..{spec.num_classes - 1}")
         if verify and len(y) != size:
-            raise ValueError(f"{spec.name} {split}: {len(y)} samples, the official release has "
-                             f"{size} (pass verify=False to accept)")
+            raise DataError(f"{spec.name} {split} set: {len(y)} samples, the official release has {size}")
     return train, test
 
 
@@ -367,7 +399,7 @@ class Splits:
 
 def load(name: str, data_dir: str | os.PathLike | None = None, download: bool = True,
          val_size: int | None = None, seed: int = 0, dtype: Any = "float32",
-         limit: int | None = None, normalize: bool = True, verify: bool = True) -> Splits:
+         limit: int | None = None, normalize: bool = True, verify: bool = True, mirrors: Any = None) -> Splits:
     """Load ``name`` (one of :data:`DATASETS`) as normalised float images and int64 labels.
 
     * Splits: the official test set; a validation set of ``val_size`` samples carved from the
@@ -381,7 +413,7 @@ def load(name: str, data_dir: str | os.PathLike | None = None, download: bool = 
       computed the same way, from its whole training set (train + val, 1438 images), which keeps
       them independent of ``seed`` and ``limit``. ``normalize=False`` stops at [0, 1].
     * ``dtype``: floating dtype of the images (float32 default, or float64).
-    * ``data_dir``, ``download``, ``verify``: see the module docstring and :func:`load_raw`.
+    * ``data_dir``, ``download``, ``verify``, ``mirrors``: see the module docstring and :func:`load_raw`.
     """
     spec = get_spec(name)
     dtype = np.dtype(dtype)
@@ -389,7 +421,7 @@ def load(name: str, data_dir: str | os.PathLike | None = None, download: bool = 
         raise ValueError(f"load: dtype must be a floating dtype, got {dtype}")
     if limit is not None and limit < 1:
         raise ValueError(f"load: limit must be a positive int, got {limit}")
-    (x_train, y_train), (x_test, y_test) = load_raw(spec.name, data_dir, download, verify)
+    (x_train, y_train), (x_test, y_test) = load_raw(spec.name, data_dir, download, verify, mirrors)
     n_val = spec.default_val_size if val_size is None else int(val_size)
     if not 0 <= n_val < len(y_train):
         raise ValueError(f"load: val_size must be in [0, {len(y_train)}), got {n_val}")

@@ -3,29 +3,33 @@
 A checksum is written ``"sha256:<hex>"`` or ``"md5:<hex>"``. A download streams into a temporary
 file in the destination's directory and is renamed onto the destination (``os.replace``) only
 once its checksum matches, so an interrupted or corrupt download never leaves a partial file.
+A size cap (``max_bytes``) stops a server that sends more than the release's size.
 """
 from __future__ import annotations
 
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ..errors import UsageError
+from ..files import new_temp_file
+from .errors import DataError
+
 _HEX_LENGTHS = {"sha256": 64, "md5": 32}
 _CHUNK = 1 << 20
 
 
-class ChecksumError(ValueError):
+class ChecksumError(DataError):
     """A file's content does not match its pinned checksum."""
 
 
-class DownloadError(OSError):
-    """No mirror delivered the file (network failure, HTTP error, ...)."""
+class DownloadError(UsageError, OSError):
+    """No mirror delivered the file (network failure, HTTP error, too large, ...)."""
 
 
 def parse_checksum(checksum: str) -> tuple[str, str]:
@@ -83,17 +87,21 @@ def check_file(path: str | os.PathLike, checksum: str) -> None:
 
 
 def download(urls: str | Sequence[str], dest: str | os.PathLike, checksum: str, *,
-             timeout: float = 60.0) -> Path:
+             timeout: float = 60.0, max_bytes: int | None = None) -> Path:
     """Download the first working URL of ``urls`` to ``dest`` and verify ``checksum``.
 
     An existing ``dest`` with the right checksum is kept without any network access. Mirrors are
-    tried in order; a mirror that fails or serves wrong bytes is skipped. Only http(s) URLs are
-    accepted. Raises :class:`ChecksumError` when every mirror served wrong bytes, otherwise
-    :class:`DownloadError` listing each mirror's failure. No temporary file is left behind.
+    tried in order; a mirror that fails, serves wrong bytes or more than ``max_bytes`` is skipped.
+    Only http(s) URLs are accepted. Raises :class:`ChecksumError` when every mirror served wrong
+    bytes, otherwise :class:`DownloadError` listing each mirror's failure (one line). No temporary
+    file is left behind.
     """
     url_list = [urls] if isinstance(urls, str) else list(urls)
     if not url_list:
         raise ValueError("download: no URL given")
+    for url in url_list:
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            raise ValueError(f"download: only http(s) URLs are allowed, got {url!r}")
     algorithm, expected = parse_checksum(checksum)
     dest = Path(dest)
     if dest.is_file() and file_checksum(dest, algorithm) == expected:
@@ -102,39 +110,41 @@ def download(urls: str | Sequence[str], dest: str | os.PathLike, checksum: str, 
     failures: list[str] = []
     all_checksum = True
     for url in url_list:
-        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-            raise ValueError(f"download: only http(s) URLs are allowed, got {url!r}")
         try:
-            _fetch_verified(url, dest, algorithm, expected, timeout)
+            _fetch_verified(url, dest, algorithm, expected, timeout, max_bytes)
             return dest
         except ChecksumError as e:
             failures.append(f"{url}: {e}")
         except (OSError, http.client.HTTPException) as e:
             all_checksum = False
             failures.append(f"{url}: {type(e).__name__}: {e}")
-    detail = "\n  ".join(failures)
+    detail = "; ".join(failures)
     if all_checksum:
         raise ChecksumError(f"{dest.name}: every mirror served a file with the wrong checksum "
-                            f"(nothing was saved):\n  {detail}")
-    raise DownloadError(f"could not download {dest.name}:\n  {detail}")
+                            f"(nothing was saved): {detail}")
+    raise DownloadError(f"could not download {dest.name}: {detail}")
 
 
-def _fetch_verified(url: str, dest: Path, algorithm: str, expected: str, timeout: float) -> None:
+def _fetch_verified(url: str, dest: Path, algorithm: str, expected: str, timeout: float,
+                    max_bytes: int | None) -> None:
     """Stream ``url`` to a temporary file beside ``dest``; rename it onto ``dest`` if it verifies."""
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
+    fd, tmp = new_temp_file(dest.parent, dest.name, suffix=".part")
     try:
         h = _hasher(algorithm)
         size = 0
         request = urllib.request.Request(url, headers={"User-Agent": "dualtensor-data"})
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as resp:
+            length = resp.headers.get("Content-Length")
+            if max_bytes is not None and length is not None and length.isdigit() and int(length) > max_bytes:
+                raise DownloadError(f"announces {length} bytes, more than the {max_bytes} of the release")
             while chunk := resp.read(_CHUNK):
+                size += len(chunk)
+                if max_bytes is not None and size > max_bytes:
+                    raise DownloadError(f"sent more than the {max_bytes} bytes of the release; stopped")
                 h.update(chunk)
                 out.write(chunk)
-                size += len(chunk)
             out.flush()
             os.fsync(out.fileno())
-            length = resp.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) != size:
             raise DownloadError(f"incomplete transfer: received {size} of {length} bytes")
         actual = h.hexdigest()

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .download import check_bytes
+from .errors import DataError
 
 # IDX dtype code -> big-endian numpy dtype
 IDX_DTYPES: dict[int, np.dtype] = {
@@ -29,7 +30,7 @@ IDX_DTYPES: dict[int, np.dtype] = {
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-class IDXError(ValueError):
+class IDXError(DataError):
     """A file is not a well-formed IDX file."""
 
 
@@ -65,7 +66,10 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
 def read_idx_bytes(path: str | os.PathLike) -> bytes:
     """The uncompressed bytes of an IDX file; gzip is detected from the content, not the name."""
     path = Path(path)
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise IDXError(f"{path}: cannot read ({e.strerror or e})") from None
     if raw[:2] != _GZIP_MAGIC:
         return raw
     try:

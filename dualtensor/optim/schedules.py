@@ -65,13 +65,36 @@ class LRScheduler:
                 for k, v in self.__dict__.items() if k != "optimizer"}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict` and write its current rates into the optimizer."""
+        """Restore a :meth:`state_dict` of the same schedule and write its current rates into the
+        optimizer. Keys or value kinds that do not match this schedule's raise ``ValueError``."""
+        own = self.state_dict()
+        if not isinstance(state_dict, Mapping) or set(state_dict) != set(own):
+            got = sorted(state_dict) if isinstance(state_dict, Mapping) else type(state_dict).__name__
+            raise ValueError(f"{type(self).__name__}: loaded state has keys {got}, expected {sorted(own)}")
+        for k, v in state_dict.items():
+            numbers = v if isinstance(v, (list, tuple)) else [v]
+            if isinstance(own[k], list) != isinstance(v, (list, tuple)) or not all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in numbers):
+                raise ValueError(f"{type(self).__name__}: loaded {k!r} is {v!r}, expected finite numbers "
+                                 f"like {own[k]!r}")
+        groups = self.optimizer.param_groups
+        if len(state_dict["base_lrs"]) != len(groups) or len(state_dict["_last_lr"]) != len(groups):
+            raise ValueError(f"{type(self).__name__}: loaded state has {len(state_dict['base_lrs'])} "
+                             f"groups, the optimizer has {len(groups)}")
         self.__dict__.update({k: (list(v) if isinstance(v, (list, tuple)) else v)
                               for k, v in state_dict.items()})
+        for group, base, lr in zip(groups, self.base_lrs, self._last_lr):
+            group["initial_lr"] = base
+            group["lr"] = lr
+
+    def set_base_lrs(self, lrs: list[float]) -> None:
+        """Change the base rate of every group (e.g. after a divergence) and apply the schedule's
+        rate for the current epoch; later epochs follow the schedule from the new base."""
         groups = self.optimizer.param_groups
-        if len(self.base_lrs) != len(groups):
-            raise ValueError(f"{type(self).__name__}: loaded state has {len(self.base_lrs)} "
-                             f"groups, the optimizer has {len(groups)}")
+        if len(lrs) != len(groups):
+            raise ValueError(f"{type(self).__name__}: {len(lrs)} rates for {len(groups)} groups")
+        self.base_lrs = [float(lr) for lr in lrs]
+        self._last_lr = self.get_lr()
         for group, base, lr in zip(groups, self.base_lrs, self._last_lr):
             group["initial_lr"] = base
             group["lr"] = lr

@@ -1,0 +1,38 @@
+"""The training API behind ``python -m dualtensor train``; sweeps and MPI ranks call it too.
+
+:func:`fit` trains the run a :class:`TrainConfig` describes. Its pieces can be used alone:
+:func:`train_epoch` and :func:`evaluate` (the loop), :func:`make_step` (one factory for the
+step of every gradient mode), :class:`TrainState` (typed progress), :class:`RunDir` (the run
+folder, the only code that touches ``--out``) and the callbacks (finite check, early stopping,
+metrics, checkpoints, progress, plot).
+
+Gradients (``grad``): ``backprop`` (reverse mode, the baseline), ``forward`` (multi-tangent
+forward gradients by forward-mode AD) or ``simulated`` (the same estimator computed from the exact
+gradient); ``perturb`` chooses activity perturbation (tangents at every block output) or weight
+perturbation (one global tangent over all parameters).
+
+Reproducibility: the model is initialised from ``seed``; the batch order of an epoch depends only
+on ``(seed, epoch)``; the tangent generator and every dropout generator are seeded from ``seed``
+and saved in each checkpoint with the optimizer and schedule state, so a resumed run repeats the
+uninterrupted run bit for bit.
+"""
+from .build import build_model, build_optimizer, build_schedule, tangent_generator
+from .callbacks import (Callback, Checkpointer, EarlyStopping, EpochLog, Every, FiniteCheck, MetricsWriter, Plotter,
+                        ProgressBar)
+from .config import CHOICES, DEFAULT_LR, MODEL_OPTIONS, RESUME_MUTABLE, ConfigError, TrainConfig
+from .errors import EXIT_DIVERGED, RunInterrupted, TrainingDiverged, exit_status
+from .runner import FitResult, Run, default_callbacks, fit, load_data, resume_config, run_mode
+from .loop import EpochStats, evaluate, train_epoch
+from .rundir import RUN_FILES, RunDir, RunDirError
+from .signals import deferred, interrupt_on_signals
+from .state import TrainState
+from .steps import StepOutput, make_step
+
+__all__ = [
+    "fit", "resume_config", "run_mode", "FitResult", "Run", "TrainConfig", "TrainState", "ConfigError", "TrainingDiverged",
+    "RunInterrupted", "RunDir", "RunDirError", "RUN_FILES", "CHOICES", "DEFAULT_LR", "MODEL_OPTIONS",
+    "RESUME_MUTABLE", "EXIT_DIVERGED", "exit_status", "train_epoch", "evaluate", "EpochStats", "make_step",
+    "StepOutput", "build_model", "build_optimizer", "build_schedule", "tangent_generator", "load_data",
+    "Callback", "Every", "FiniteCheck", "EarlyStopping", "MetricsWriter", "Checkpointer", "ProgressBar", "EpochLog",
+    "Plotter", "default_callbacks", "interrupt_on_signals", "deferred",
+]

@@ -1,0 +1,225 @@
+"""Side duties of a run as small pluggable parts (in the spirit of Chainer's trainer extensions).
+
+:func:`dualtensor.train.fit` calls every callback's hooks in ascending ``order``:
+
+* ``on_fit_start(run)`` once, after the run is built (or restored);
+* ``on_epoch_start(run, epoch)``;
+* ``on_step_end(run, out, stats)`` after every optimizer update;
+* ``on_validation_end(run, row)`` with the epoch's record, before it is kept (may raise);
+* ``on_epoch_end(run, row, improved)`` after it is kept (``improved``: a new best epoch);
+* ``on_fit_end(run, summary)`` once, after the test evaluation and the summary;
+* ``close()`` when fit returns or raises, however the run ended.
+
+A callback stops a run cleanly with ``run.stop(status)`` and stops it as diverged by raising
+:class:`TrainingDiverged`. ``Every(n)`` says on which counts a periodic duty runs.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from typing import TYPE_CHECKING, Any
+
+from ..metrics import history_csv, history_jsonl, history_png
+from .errors import TrainingDiverged
+from .signals import deferred
+
+if TYPE_CHECKING:
+    from .runner import Run
+    from .loop import EpochStats
+    from .steps import StepOutput
+
+__all__ = ["Callback", "Every", "FiniteCheck", "EarlyStopping", "MetricsWriter", "Checkpointer", "ProgressBar",
+           "EpochLog", "Plotter"]
+
+
+class Every:
+    """A trigger: true on every ``n``-th count (1, 2, ... counted from 1)."""
+
+    def __init__(self, n: int = 1):
+        if int(n) < 1:
+            raise ValueError(f"Every: n must be >= 1, got {n}")
+        self.n = int(n)
+
+    def __call__(self, count: int) -> bool:
+        return count % self.n == 0
+
+
+class Callback:
+    """Base class: every hook does nothing; ``order`` sorts callbacks (lower runs first)."""
+
+    order = 50
+
+    def on_fit_start(self, run: "Run") -> None:
+        pass
+
+    def on_epoch_start(self, run: "Run", epoch: int) -> None:
+        pass
+
+    def on_step_end(self, run: "Run", out: "StepOutput", stats: "EpochStats") -> None:
+        pass
+
+    def on_validation_end(self, run: "Run", row: dict) -> None:
+        pass
+
+    def on_epoch_end(self, run: "Run", row: dict, improved: bool) -> None:
+        pass
+
+    def on_fit_end(self, run: "Run", summary: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _all_finite(arrays: Any) -> bool:
+    from ..backend import get_xp
+
+    arrays = [a for a in arrays if a is not None]
+    if not arrays:
+        return True
+    xp = get_xp(*arrays)
+    return bool(xp.stack([xp.isfinite(a).all() for a in arrays]).all())
+
+
+class FiniteCheck(Callback):
+    """Stops the run as diverged when the loss (every step), a gradient (on ``grads`` steps), the
+    parameters or the validation loss (every epoch) turn non-finite, before anything is saved."""
+
+    order = 0
+
+    def __init__(self, grads: Every | None = None):
+        self.grads = grads or Every(1)
+
+    def on_step_end(self, run: "Run", out: "StepOutput", stats: "EpochStats") -> None:
+        epoch = run.state.epoch + 1
+        if not math.isfinite(out.loss):
+            raise TrainingDiverged(f"the training loss is {out.loss}", epoch=epoch, step=stats.steps)
+        if self.grads(stats.steps) and not _all_finite(out.grads.values()):
+            bad = [n for n, g in out.grads.items() if not _all_finite([g])]
+            raise TrainingDiverged(f"non-finite gradient for {', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''} "
+                                   f"(loss {out.loss:.4g})", epoch=epoch, step=stats.steps)
+
+    def on_validation_end(self, run: "Run", row: dict) -> None:
+        if not _all_finite(p.data for p in run.model.parameters()):
+            raise TrainingDiverged("the parameters became non-finite", epoch=row["epoch"], step=row["steps"])
+        if not math.isfinite(row["val_loss"]):
+            raise TrainingDiverged(f"the validation loss is {row['val_loss']}", epoch=row["epoch"], step=row["steps"])
+
+
+class EarlyStopping(Callback):
+    """Stops the run (status ``early_stopped``) once ``patience`` epochs passed without a better
+    value of the monitored validation metric (``--monitor``)."""
+
+    order = 10
+
+    def __init__(self, patience: int):
+        self.patience = int(patience)
+
+    def _check(self, run: "Run") -> None:
+        if run.state.best_epoch and run.state.epochs_since_best >= self.patience:
+            run.stop("early_stopped")
+            run.log(f"early stopping: no better {run.config.monitor} for {run.state.epochs_since_best} epochs "
+                    f"(best epoch {run.state.best_epoch})")
+
+    def on_fit_start(self, run: "Run") -> None:
+        self._check(run)
+
+    def on_epoch_end(self, run: "Run", row: dict, improved: bool) -> None:
+        self._check(run)
+
+
+class MetricsWriter(Callback):
+    """``metrics.csv`` and ``metrics.jsonl``: the whole history, rewritten after every epoch."""
+
+    order = 20
+
+    def _write(self, run: "Run") -> None:
+        run.rundir.write_text("metrics.csv", history_csv(run.state.history))
+        run.rundir.write_text("metrics.jsonl", history_jsonl(run.state.history))
+
+    def on_fit_start(self, run: "Run") -> None:
+        self._write(run)
+
+    def on_epoch_end(self, run: "Run", row: dict, improved: bool) -> None:
+        self._write(run)
+
+
+class Checkpointer(Callback):
+    """``last.npz`` (the state after the latest saved epoch, epoch 0 included: everything a resume
+    needs) and ``best.npz`` (the best epoch's); written atomically with signals held back."""
+
+    order = 30
+
+    def __init__(self, every: Every | None = None):
+        self.every = every or Every(1)
+
+    def _save(self, run: "Run", name: str) -> None:
+        with deferred():
+            run.save_checkpoint(name)
+        if name == "last.npz":
+            run.last_checkpoint = (run.rundir.file(name), run.state.epoch)
+
+    def on_fit_start(self, run: "Run") -> None:
+        if run.rundir.has("last.npz"):
+            run.last_checkpoint = (run.rundir.file("last.npz"), run.state.epoch)
+        else:
+            self._save(run, "last.npz")
+
+    def on_epoch_end(self, run: "Run", row: dict, improved: bool) -> None:
+        if improved:
+            self._save(run, "best.npz")
+        if self.every(run.state.epoch) or run.stopping or run.state.epoch == run.config.epochs:
+            self._save(run, "last.npz")
+
+
+class ProgressBar(Callback):
+    """A tqdm bar per epoch on stderr with the running loss and accuracy."""
+
+    order = 40
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def on_epoch_start(self, run: "Run", epoch: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch}/{run.config.epochs}", leave=False,
+                        file=sys.stderr, dynamic_ncols=True, unit="step")
+
+    def on_step_end(self, run: "Run", out: "StepOutput", stats: "EpochStats") -> None:
+        self.bar.set_postfix(loss=f"{stats.loss:.4f}", acc=f"{stats.acc:.3f}", refresh=False)
+        self.bar.update()
+
+    def on_validation_end(self, run: "Run", row: dict) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class EpochLog(Callback):
+    """One line per epoch on stdout (losses, accuracies, lr, time; ``*`` marks a new best)."""
+
+    order = 45
+
+    def on_epoch_end(self, run: "Run", row: dict, improved: bool) -> None:
+        run.log(f"epoch {row['epoch']:3d}/{run.config.epochs}  train loss {row['train_loss']:.4f} "
+                f"acc {row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  "
+                f"lr {row['lr']:.3g}  {row['time']:.1f}s{'  *' if improved else ''}")
+
+
+class Plotter(Callback):
+    """``curves.png`` (loss and accuracy per epoch) at the end of the run; needs matplotlib."""
+
+    order = 60
+
+    def on_fit_end(self, run: "Run", summary: dict) -> None:
+        try:
+            png = history_png(run.state.history, title=f"{run.config.model} on {run.config.dataset}, "
+                                                        f"{run.config.grad}")
+        except ImportError as e:
+            run.warn(f"--plot: {e}; no plot written")
+            return
+        run.log(f"plot: {run.rundir.write('curves.png', lambda f: f.write(png))}")

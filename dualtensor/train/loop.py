@@ -1,0 +1,90 @@
+"""The two plain functions every training loop is made of: one epoch of steps, and an evaluation."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..backend import get_xp, synchronize
+from .steps import Step, StepOutput
+
+__all__ = ["EpochStats", "train_epoch", "evaluate", "quiet_float_errors"]
+
+
+def quiet_float_errors() -> Any:
+    """NumPy's overflow/invalid/divide warnings off: a diverging run is reported once, by the
+    finite check, not by a burst of RuntimeWarnings before it."""
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+
+@dataclass
+class EpochStats:
+    """Running totals of one epoch: mean training loss and accuracy over the samples seen so far."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    steps: int = 0
+    time: float = 0.0
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.seen if self.seen else float("nan")
+
+    @property
+    def acc(self) -> float:
+        return self.correct / self.seen if self.seen else float("nan")
+
+    def add(self, out: StepOutput, y: Any) -> None:
+        b = int(y.shape[0])
+        self.loss_sum += out.loss * b
+        self.correct += int((out.logits.argmax(axis=1) == y).sum())
+        self.seen += b
+        self.steps += 1
+
+
+def train_epoch(model: Any, optimizer: Any, step: Step, batches: Iterable[tuple[Any, Any]], *,
+                on_step: Callable[[StepOutput, EpochStats], None] | None = None) -> EpochStats:
+    """One pass over ``batches`` in train mode: each batch's ``step`` gradients go into the
+    parameters' ``.grad`` and ``optimizer`` updates them; ``on_step(out, stats)`` follows every
+    update. Returns the epoch's totals (``time``: seconds, device work included)."""
+    params = list(model.named_parameters())
+    xp = get_xp(*(p.data for _, p in params))
+    model.train()
+    stats = EpochStats()
+    t0 = time.perf_counter()
+    with quiet_float_errors():
+        for xb, yb in batches:
+            out = step(xb, yb)
+            for name, p in params:
+                p.grad = out.grads.get(name)
+            optimizer.step()
+            optimizer.zero_grad()
+            stats.add(out, yb)
+            if on_step is not None:
+                on_step(out, stats)
+    synchronize(xp)
+    stats.time = time.perf_counter() - t0
+    return stats
+
+
+def evaluate(model: Any, x: Any, y: Any, batch_size: int = 1000) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` in eval mode on plain arrays, in batches."""
+    from ..nn import functional as F
+
+    was = model.training
+    model.eval()
+    total, correct, n = 0.0, 0, len(y)
+    try:
+        with quiet_float_errors():
+            for i in range(0, n, batch_size):
+                xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+                logits = model(xb)
+                total += float(F.cross_entropy(logits, yb, reduction="sum"))
+                correct += int((logits.argmax(axis=1) == yb).sum())
+    finally:
+        model.train(was)
+    return (total / n, correct / n) if n else (float("nan"), float("nan"))
