@@ -5,10 +5,14 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import os
+import re
+import stat
 import subprocess
 import sys
 import tarfile
 import threading
+import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -42,6 +46,8 @@ class _Server:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.truncated: dict[str, bytes] = {}
+        self.unlimited: dict[str, bytes] = {}  # served without Content-Length (close-delimited)
+        self.sent: dict[str, int] = {}  # bytes of an ``unlimited`` body written before the client left
         self.requests: list[str] = []
         server = self
 
@@ -60,6 +66,20 @@ class _Server:
                     self.send_header("Content-Length", str(2 * len(body)))
                     self.end_headers()
                     self.wfile.write(body)
+                elif self.path in server.unlimited:
+                    body, sent = server.unlimited[self.path], 0
+                    try:
+                        self.send_response(200)
+                        self.end_headers()  # HTTP/1.0, no Content-Length: the body ends at close
+                        for start in range(0, len(body), 1 << 16):
+                            self.wfile.write(body[start:start + (1 << 16)])
+                            self.wfile.flush()
+                            sent += len(body[start:start + (1 << 16)])
+                        self.close_connection = True
+                    except (ConnectionError, OSError):
+                        self.close_connection = True
+                    finally:
+                        server.sent[self.path] = sent
                 else:
                     self.send_error(404)
 
@@ -200,7 +220,8 @@ def test_cifar_extract_and_read(tmp_path):
     contents = make_cifar_archive(archive)
     out = data.extract_cifar(archive, tmp_path / "dest")
     assert out == tmp_path / "dest" / cifar.BATCH_DIR
-    assert leftovers(out) == sorted(cifar.BATCH_FILES)  # only the needed members, no temp files
+    assert leftovers(out) == sorted([*cifar.BATCH_FILES, cifar.SUMS_FILE])  # the needed members, no temp files
+    assert cifar.verify_batches(out)
     (x_train, y_train), (x_test, y_test) = cifar.read_cifar_dir(out)
     assert x_train.shape == (15, 3, 32, 32) and y_train.shape == (15,)
     np.testing.assert_array_equal(x_train[3:6], contents["data_batch_2.bin"][0])
@@ -251,7 +272,7 @@ def test_load_cifar10_from_archive(tmp_path, isolated_cache):
     assert s.train.x.shape[1:] == (3, 32, 32) == s.input_shape and s.train.y.dtype == np.int64
     assert s.mean == datasets.SPECS["cifar10"].mean
     # extracted into the cache, which the next load finds directly
-    assert leftovers(isolated_cache / "cifar10" / cifar.BATCH_DIR) == sorted(cifar.BATCH_FILES)
+    assert leftovers(isolated_cache / "cifar10" / cifar.BATCH_DIR) == sorted([*cifar.BATCH_FILES, cifar.SUMS_FILE])
     (tmp_path / "cifar-10-binary.tar.gz").unlink()
     again = data.load("cifar10", download=False, verify=False, val_size=5)
     np.testing.assert_array_equal(again.test.x, s.test.x)
@@ -356,14 +377,15 @@ def test_missing_dataset_message(tmp_path, isolated_cache):
         data.load("mnist", data_dir=tmp_path / "here", download=False)
     assert isinstance(err.value, data.DatasetNotFoundError)
     message = str(err.value)
-    assert f"in the directory {tmp_path / 'here'}:" in message
+    assert "\n" not in message and f"into {tmp_path / 'here'};" in message
     for f in datasets.SPECS["mnist"].files:
-        assert f.name in message and f"{datasets.SPECS['mnist'].mirrors[0]}{f.name}" in message
-    assert str(isolated_cache / "mnist") in message and "download=False" in message
+        assert f.name in message
+    assert f"from {datasets.SPECS['mnist'].mirrors[0]}" in message
+    assert str(isolated_cache / "mnist") in message and "downloads are off" in message
     with pytest.raises(FileNotFoundError) as err:
         data.load("cifar10", download=False)
-    assert f"in the directory {isolated_cache / 'cifar10'}:" in str(err.value)
-    assert "cifar-10-binary.tar.gz" in str(err.value) and "test_batch.bin" in str(err.value)
+    assert f"into {isolated_cache / 'cifar10'};" in str(err.value)
+    assert "cifar-10-binary.tar.gz" in str(err.value) and cifar.BATCH_DIR in str(err.value)
 
 
 def test_download_failure_is_reported_as_missing(monkeypatch, server):
@@ -524,3 +546,261 @@ def test_batches_gpu_device_uses_backend(monkeypatch):
     x, y = np.arange(10.0).reshape(10, 1), np.arange(10)
     out = list(data.batches(x, y, 4, device="gpu"))
     assert len(out) == 3 and calls == ["gpu"] * 6
+
+
+# ----------------------------------------------------------------------------- mirrors, size caps, batch sums, modes
+
+def assert_one_line(error: BaseException) -> str:
+    """The message of a data error: one line, and no hint to turn verification off."""
+    message = str(error)
+    assert "\n" not in message and "verify=False" not in message, message
+    return message
+
+
+def serve_mnist_like(tmp_path: Path, server: _Server, prefixes, n_train: int = 12, n_test: int = 3
+                     ) -> dict[str, bytes]:
+    """Synthetic MNIST files served under each of ``prefixes`` ("/m/", ...); returns name -> bytes."""
+    files = write_mnist_like(tmp_path / "src", n_train=n_train, n_test=n_test)
+    for prefix in prefixes:
+        for name, body in files.items():
+            server.files[prefix + name] = body
+    return files
+
+
+def patch_mnist(monkeypatch, server: _Server, files: dict[str, bytes], **changes) -> datasets.DatasetSpec:
+    """Point the mnist spec at synthetic ``files``; its built-in mirror must never be used."""
+    spec = dataclasses.replace(
+        datasets.SPECS["mnist"], mirrors=(server.url + "/builtin-must-not-be-used/",),
+        files=tuple(RemoteFile(name, sha256(body)) for name, body in files.items()), **changes)
+    monkeypatch.setitem(datasets.SPECS, "mnist", spec)
+    return spec
+
+
+def prefixes_of(requests: list[str]) -> set[str]:
+    return {r.rsplit("/", 1)[0] + "/" for r in requests}
+
+
+def test_mirror_override_replaces_builtin(tmp_path, monkeypatch, server, isolated_cache):
+    monkeypatch.delenv(datasets.MIRRORS_ENV, raising=False)
+    files = serve_mnist_like(tmp_path, server, ["/m/", "/builtin-must-not-be-used/"])
+    patch_mnist(monkeypatch, server, files)
+    s = data.load("mnist", mirrors=[server.url + "/m/"], verify=False, val_size=2)
+    assert (len(s.train), len(s.val), len(s.test)) == (10, 2, 3)
+    assert sorted(server.requests) == sorted(f"/m/{name}" for name in files)
+    assert leftovers(isolated_cache / "mnist") == sorted(files)
+    for name, body in files.items():
+        assert (isolated_cache / "mnist" / name).read_bytes() == body
+    # a single string is one base URL, too
+    assert data.mirror_bases(datasets.SPECS["mnist"], server.url + "/m/") == (server.url + "/m/",)
+
+
+def test_mirror_override_still_enforces_checksums(tmp_path, monkeypatch, server, isolated_cache):
+    monkeypatch.delenv(datasets.MIRRORS_ENV, raising=False)
+    files = write_mnist_like(tmp_path / "src", n_train=12, n_test=3)
+    for name, body in files.items():
+        server.files[f"/m/{name}"] = body + b"tampered"  # the mirror serves other bytes
+    patch_mnist(monkeypatch, server, files)
+    with pytest.raises(data.DatasetNotFoundError) as err:
+        data.load("mnist", mirrors=[server.url + "/m/"], verify=False, val_size=2)
+    message = assert_one_line(err.value)
+    assert "checksum" in message
+    assert server.requests and prefixes_of(server.requests) == {"/m/"}
+    assert leftovers(isolated_cache / "mnist") == []  # nothing saved, no temporary left
+
+
+def test_mirrors_from_environment(tmp_path, monkeypatch, server, isolated_cache):
+    files = serve_mnist_like(tmp_path, server, ["/e/", "/m/", "/builtin-must-not-be-used/"])
+    patch_mnist(monkeypatch, server, files)
+    # spaces and commas both separate; the first base fails (404), the second serves
+    monkeypatch.setenv(datasets.MIRRORS_ENV, f"{server.url}/down/, {server.url}/e/")
+    assert data.mirror_bases(datasets.SPECS["mnist"]) == (server.url + "/down/", server.url + "/e/")
+    s = data.load("mnist", verify=False, val_size=2)
+    assert len(s.test) == 3
+    first = sorted(files)[0]
+    assert server.requests[:2] in [[f"/down/{n}", f"/e/{n}"] for n in files]
+    assert prefixes_of(server.requests) == {"/down/", "/e/"}
+    assert {r for r in server.requests if r.startswith("/e/")} == {f"/e/{n}" for n in files}
+    assert (isolated_cache / "mnist" / first).read_bytes() == files[first]
+
+    # the mirrors argument wins over the variable
+    monkeypatch.setenv("DUALTENSOR_DATA", str(tmp_path / "cache2"))
+    server.requests.clear()
+    monkeypatch.setenv(datasets.MIRRORS_ENV, f"{server.url}/e/")
+    data.load("mnist", mirrors=[server.url + "/m/"], verify=False, val_size=2)
+    assert sorted(server.requests) == sorted(f"/m/{n}" for n in files)
+
+    # a blank variable means the built-in mirrors
+    monkeypatch.setenv(datasets.MIRRORS_ENV, "  ")
+    assert data.mirror_bases(datasets.SPECS["mnist"]) == (server.url + "/builtin-must-not-be-used/",)
+
+
+def test_mirror_dataset_placeholder_and_missing_slash(tmp_path, monkeypatch, server, isolated_cache):
+    monkeypatch.delenv(datasets.MIRRORS_ENV, raising=False)
+    files = serve_mnist_like(tmp_path, server, ["/mnist/", "/m/"])
+    patch_mnist(monkeypatch, server, files)
+    spec = datasets.SPECS["mnist"]
+    assert data.mirror_bases(spec, [server.url + "/{dataset}/x"]) == (server.url + "/mnist/x/",)
+    data.load("mnist", mirrors=[server.url + "/{dataset}/"], verify=False, val_size=2)
+    assert sorted(server.requests) == sorted(f"/mnist/{n}" for n in files)
+
+    monkeypatch.setenv("DUALTENSOR_DATA", str(tmp_path / "cache2"))
+    server.requests.clear()
+    s = data.load("mnist", mirrors=[server.url + "/m"], verify=False, val_size=2)  # no trailing slash
+    assert len(s.train) == 10
+    assert sorted(server.requests) == sorted(f"/m/{n}" for n in files)
+
+
+@pytest.mark.parametrize("base", ["ftp://x/", "file:///tmp/", "/just/a/path/"])
+def test_mirror_must_be_http(tmp_path, monkeypatch, server, base):
+    files = serve_mnist_like(tmp_path, server, ["/m/"])
+    patch_mnist(monkeypatch, server, files)
+    monkeypatch.delenv(datasets.MIRRORS_ENV, raising=False)
+    with pytest.raises(data.DataError) as err:
+        data.load("mnist", mirrors=[server.url + "/m/", base], verify=False, val_size=2)
+    assert base in assert_one_line(err.value)
+    monkeypatch.setenv(datasets.MIRRORS_ENV, f"{server.url}/m/ {base}")
+    with pytest.raises(data.DataError) as err:
+        data.load("mnist", verify=False, val_size=2)
+    message = assert_one_line(err.value)
+    assert base in message and datasets.MIRRORS_ENV in message
+    assert server.requests == []  # rejected before any download
+
+
+def test_cli_mirror_option(tmp_path, monkeypatch, server, isolated_cache):
+    from dualtensor.__main__ import main
+
+    monkeypatch.delenv(datasets.MIRRORS_ENV, raising=False)
+    files = serve_mnist_like(tmp_path, server, ["/m/"], n_train=12, n_test=4)
+    spec = dataclasses.replace(
+        datasets.SPECS["mnist"], mirrors=(server.url + "/builtin-must-not-be-used/",),
+        files=tuple(RemoteFile(name, sha256(body)) for name, body in files.items()),  # content None
+        train_size=12, test_size=4, default_val_size=2)
+    monkeypatch.setitem(datasets.SPECS, "mnist", spec)
+    code = main(["train", "--dataset", "mnist", "--mirror", server.url + "/m/", "--val-size", "2",
+                 "--limit", "8", "--batch-size", "4", "--epochs", "1", "--width", "8", "--k", "2", "--quiet",
+                 "--threads", "1", "--out", str(tmp_path / "run")])
+    assert code == 0
+    assert sorted(server.requests) == sorted(f"/m/{n}" for n in files)
+    assert leftovers(isolated_cache / "mnist") == sorted(files)
+
+
+def test_download_size_cap_announced(tmp_path, server):
+    body = b"0123456789" * 100
+    server.files["/big.bin"] = body
+    server.files["/ok/big.bin"] = body
+    dest = tmp_path / "d" / "big.bin"
+    with pytest.raises(DownloadError) as err:
+        data.download(server.url + "/big.bin", dest, sha256(body), max_bytes=999)
+    message = assert_one_line(err.value)
+    assert "1000" in message and "999" in message
+    assert leftovers(dest.parent) == []
+    # exactly the cap is fine
+    assert data.download(server.url + "/ok/big.bin", dest, sha256(body), max_bytes=1000).read_bytes() == body
+
+
+def test_download_size_cap_unannounced(tmp_path, server):
+    small = b"fits under the cap"
+    server.unlimited["/small.bin"] = small
+    dest = tmp_path / "d" / "f.bin"
+    # a close-delimited body within the cap downloads normally
+    assert data.download(server.url + "/small.bin", dest, sha256(small), max_bytes=100).read_bytes() == small
+    dest.unlink()
+
+    huge = bytes(range(256)) * (48 << 12)  # 48 MiB, no Content-Length
+    server.unlimited["/huge.bin"] = huge
+    with pytest.raises(DownloadError) as err:
+        data.download(server.url + "/huge.bin", dest, sha256(huge), max_bytes=1000)
+    message = assert_one_line(err.value)
+    assert "1000" in message
+    assert leftovers(dest.parent) == []
+    for _ in range(200):  # the handler records what it wrote once the client hung up
+        if "/huge.bin" in server.sent:
+            break
+        threading.Event().wait(0.025)
+    assert server.sent.get("/huge.bin", len(huge)) < len(huge) // 2  # stopped early, did not read it all
+
+    # the next mirror is tried after a mirror that sends too much
+    server.requests.clear()
+    server.files["/ok/f.bin"] = small
+    data.download([server.url + "/huge.bin", server.url + "/ok/f.bin"], dest, sha256(small), max_bytes=100)
+    assert dest.read_bytes() == small and server.requests == ["/huge.bin", "/ok/f.bin"]
+    assert leftovers(dest.parent) == ["f.bin"]
+
+
+def test_load_enforces_release_size(tmp_path, monkeypatch, server, isolated_cache):
+    monkeypatch.delenv(datasets.MIRRORS_ENV, raising=False)
+    files = serve_mnist_like(tmp_path, server, ["/m/"])
+    cap = 17
+    assert all(len(body) > cap for body in files.values())
+    spec = dataclasses.replace(
+        datasets.SPECS["mnist"], mirrors=(server.url + "/m/",),
+        files=tuple(RemoteFile(name, sha256(body), size=cap) for name, body in files.items()))
+    monkeypatch.setitem(datasets.SPECS, "mnist", spec)
+    with pytest.raises(data.DatasetNotFoundError) as err:
+        data.load("mnist", verify=False, val_size=2)
+    message = assert_one_line(err.value)
+    reason = message.split("download failed:", 1)[1]
+    assert re.search(rf"(?<![\d.:]){cap}(?!\d)", reason) and "bytes" in reason
+    assert leftovers(isolated_cache / "mnist") == []
+
+
+def cifar_spec_for(monkeypatch, n: int) -> None:
+    """Let verify=True accept ``n`` records per synthetic batch file (the official counts are 50000/10000)."""
+    spec = dataclasses.replace(datasets.SPECS["cifar10"], train_size=5 * n, test_size=n)
+    monkeypatch.setitem(datasets.SPECS, "cifar10", spec)
+
+
+def test_cifar_cached_batches_are_checked(tmp_path, monkeypatch, isolated_cache):
+    make_cifar_archive(tmp_path / "cifar-10-binary.tar.gz", n=4)
+    data.load("cifar10", data_dir=tmp_path, download=False, verify=False, val_size=5)
+    (tmp_path / "cifar-10-binary.tar.gz").unlink()
+    cifar_spec_for(monkeypatch, 4)
+    batches = isolated_cache / "cifar10" / cifar.BATCH_DIR
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # recorded sums: checked, no warning
+        s = data.load("cifar10", download=False, val_size=5)
+    assert (len(s.train), len(s.test)) == (15, 4)
+
+    victim = batches / "data_batch_3.bin"
+    raw = bytearray(victim.read_bytes())
+    raw[100] ^= 0x01
+    victim.write_bytes(bytes(raw))
+    with pytest.raises(data.ChecksumError) as err:
+        data.load("cifar10", download=False, val_size=5)
+    message = assert_one_line(err.value)
+    assert "data_batch_3.bin" in message
+    assert all(f"{name}" not in message for name in cifar.BATCH_FILES if name != "data_batch_3.bin")
+    # verify=False still reads it
+    assert len(data.load("cifar10", download=False, verify=False, val_size=5).train) == 15
+
+
+def test_cifar_hand_made_batches_warn(tmp_path, monkeypatch):
+    folder = tmp_path / "hand" / cifar.BATCH_DIR
+    folder.mkdir(parents=True)
+    for i, name in enumerate(cifar.BATCH_FILES):
+        (folder / name).write_bytes(cifar_records(2, i)[0])
+    cifar_spec_for(monkeypatch, 2)
+    with pytest.warns(UserWarning, match="cannot be checked"):
+        s = data.load("cifar10", data_dir=tmp_path / "hand", download=False, val_size=3)
+    assert (len(s.train), len(s.val), len(s.test)) == (7, 3, 2)
+    np.testing.assert_array_equal(s.test.y, cifar_records(2, 5)[2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # verify=False: no check, no warning
+        data.load("cifar10", data_dir=tmp_path / "hand", download=False, verify=False, val_size=3)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_written_files_follow_umask(tmp_path, server, isolated_cache, umask, mode):
+    body = b"some release file"
+    server.files["/f.bin"] = body
+    make_cifar_archive(tmp_path / "cifar-10-binary.tar.gz", n=1)
+    old = os.umask(umask)
+    try:
+        dest = data.download(server.url + "/f.bin", tmp_path / "dl" / "f.bin", sha256(body))
+        data.load("cifar10", data_dir=tmp_path, download=False, verify=False, val_size=1)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(dest).st_mode) == mode
+    batches = isolated_cache / "cifar10" / cifar.BATCH_DIR
+    written = [batches / name for name in (*cifar.BATCH_FILES, cifar.SUMS_FILE)]
+    assert {p.name: oct(stat.S_IMODE(os.stat(p).st_mode)) for p in written} == {p.name: oct(mode) for p in written}

@@ -186,7 +186,7 @@ def search_dirs(name: str, data_dir: str | os.PathLike | None = None) -> list[Pa
 
 def _idx_path(directory: Path, name: str) -> Path | None:
     for candidate in (directory / name, directory / name.removesuffix(".gz")):
-        if candidate.is_file():
+        if candidate.exists():  # a directory or unreadable file is reported by the reader
             return candidate
     return None
 
@@ -202,7 +202,7 @@ def _find_idx(spec: DatasetSpec, dirs: list[Path]) -> list[Path] | None:
 def _find_cifar_batches(dirs: list[Path]) -> Path | None:
     for d in dirs:
         for candidate in (d / cifar.BATCH_DIR, d):
-            if all((candidate / f).is_file() for f in cifar.BATCH_FILES):
+            if all((candidate / f).exists() for f in cifar.BATCH_FILES):
                 return candidate
     return None
 
@@ -257,7 +257,7 @@ def _load_idx(spec: DatasetSpec, data_dir: Any, download: bool, verify: bool, mi
     paths = _find_idx(spec, dirs)
     if paths is None:
         if not download:
-            raise _not_found(spec, dirs, data_dir, "downloads are off (download=False, --no-download)")
+            raise _not_found(spec, dirs, data_dir, "downloads are off")
         target = cache_dir() / spec.name
         _download_all(spec, tuple(f for f in spec.files if _idx_path(target, f.name) is None),
                       dirs, data_dir, mirrors)
@@ -285,10 +285,12 @@ def _load_cifar10(spec: DatasetSpec, data_dir: Any, download: bool, verify: bool
     dirs = search_dirs(spec.name, data_dir)
     batches = _find_cifar_batches(dirs)
     if batches is not None:
-        if verify and not cifar.verify_batches(batches):
+        checked = verify and cifar.verify_batches(batches)
+        arrays = cifar.read_cifar_dir(batches)
+        if verify and not checked:
             warnings.warn(f"{batches}: CIFAR-10 batches not extracted by dualtensor, so they cannot be checked "
                           f"against the release (only its archive has a published checksum)", stacklevel=3)
-        return cifar.read_cifar_dir(batches)
+        return arrays
     archive_spec = spec.files[0]
     archive = next((d / archive_spec.name for d in dirs if (d / archive_spec.name).is_file()), None)
     if archive is not None:
@@ -301,7 +303,7 @@ def _load_cifar10(spec: DatasetSpec, data_dir: Any, download: bool, verify: bool
         _download_all(spec, spec.files, dirs, data_dir, mirrors)
         archive = cache_dir() / spec.name / archive_spec.name
     else:
-        raise _not_found(spec, dirs, data_dir, "downloads are off (download=False, --no-download)")
+        raise _not_found(spec, dirs, data_dir, "downloads are off")
     print(f"dualtensor: extracting {archive} into {cache_dir() / spec.name}", file=sys.stderr)
     return cifar.read_cifar_dir(cifar.extract_cifar(archive, cache_dir() / spec.name))
 
