@@ -334,7 +334,7 @@ def rerecord(run_dir: Path, *names: str) -> None:
     manifest = json.loads((run_dir / MARKER).read_text())
     for name in names or list(manifest["files"]):
         st = os.stat(run_dir / name)
-        manifest["files"][name] = [st.st_size, st.st_mtime_ns, st.st_ino]
+        manifest["files"][name] = [[st.st_size, st.st_mtime_ns, st.st_ino]]
     (run_dir / MARKER).write_text(json.dumps(manifest, indent=1) + "\n")
 
 

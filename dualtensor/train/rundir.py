@@ -10,7 +10,8 @@ Rules (see the README's "Runs and files"):
   the kernel when the process dies, so a killed run leaves no stale lock);
 * every file is written atomically; the marker records each file's size, mtime and inode when
   written, and a file found changed since (edited by hand, replaced) is neither overwritten nor
-  deleted;
+  deleted. The new file's stat is recorded (beside the old one's) before the rename, which keeps
+  all three, so a run killed at any moment leaves a marker that accepts what is on disk;
 * temporaries a killed run left behind (``.last.npz.<random>.tmp``) are removed on opening.
 """
 from __future__ import annotations
@@ -24,7 +25,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import UsageError
-from ..files import atomic_write, atomic_write_text, file_mode, stale_temporaries
+from ..files import atomic_write_text, file_mode, new_temp_file, stale_temporaries
+from .signals import deferred
 
 try:
     import fcntl
@@ -63,7 +65,7 @@ class RunDir:
     Use :meth:`check` before expensive work (it only reads) and :meth:`open` to take the folder.
     """
 
-    def __init__(self, path: Path, files: dict[str, list[int]], created: bool, lock_fd: int | None):
+    def __init__(self, path: Path, files: dict[str, list[list[int]]], created: bool, lock_fd: int | None):
         self.path = path
         self._files = files
         self._created = created
@@ -88,7 +90,7 @@ class RunDir:
 
     @staticmethod
     def _check_contents(path: Path, mode: str, files: dict | None) -> None:
-        entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+        entries = sorted(p.name for p in path.iterdir() if p.name != LOCK) if path.is_dir() else []
         if files is None and entries:
             shown = ", ".join(entries[:3]) + (" ..." if len(entries) > 3 else "")
             raise RunDirError(f"--out {path} exists and was not made by dualtensor (it holds {shown}); "
@@ -101,13 +103,13 @@ class RunDir:
                               "to delete its files and start afresh, or choose another --out")
 
     @staticmethod
-    def _read_manifest(path: Path) -> dict[str, list[int]]:
+    def _read_manifest(path: Path) -> dict[str, list[list[int]]]:
         try:
             manifest = json.loads((path / MARKER).read_text(encoding="utf-8"))
             files = manifest["files"]
             if manifest.get("format") != _MANIFEST_FORMAT or not isinstance(files, dict):
                 raise ValueError
-            return {str(k): [int(x) for x in v] for k, v in files.items()}
+            return {str(k): [[int(x) for x in stat] for stat in v] for k, v in files.items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             raise RunDirError(f"{path / MARKER} is damaged; this folder's files cannot be told apart, "
                               "so dualtensor will not write there: choose another --out") from None
@@ -130,8 +132,7 @@ class RunDir:
         fd = cls._lock(path)
         try:
             files = cls._read_manifest(path) if (path / MARKER).is_file() else None
-            cls._check_contents(path, mode, files if files is not None else
-                                ({} if set(os.listdir(path)) <= {LOCK} else None))
+            cls._check_contents(path, mode, files)
             run = cls(path, files or {}, created, fd)
             if files is None:
                 run._write_manifest()
@@ -210,19 +211,31 @@ class RunDir:
         path = self.file(name)
         if not path.exists():
             return False
-        return self._files.get(name) != _stat(path)
+        return _stat(path) not in self._files.get(name, [])
 
     def write(self, name: str, write: Callable[[IO[bytes]], None]) -> Path:
-        """Write run file ``name`` atomically with ``write(f)``; refuses to replace a changed file."""
+        """Write run file ``name`` atomically with ``write(f)``; refuses to replace a changed file.
+        Signals wait until the file and the marker agree."""
         if self._lock_fd is None:
             raise RuntimeError(f"RunDir {self.path} is closed")
         path = self.file(name)
         if self.changed(name):
             raise RunDirError(f"{path} was changed since dualtensor wrote it (or was not written by it); "
                               "move it away to let the run continue")
-        atomic_write(path, write)
-        self._files[name] = _stat(path)
-        self._write_manifest()
+        with deferred():
+            fd, tmp = new_temp_file(self.path, name)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    write(f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                old = [_stat(path)] if path.exists() else []
+                self._files[name] = [*old, _stat(tmp)]  # a rename keeps size, mtime and inode
+                self._write_manifest()
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
         return path
 
     def write_text(self, name: str, text: str) -> Path:
