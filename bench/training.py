@@ -3,6 +3,7 @@
     python bench/training.py                  # digits default + Fashion-MNIST MLP table (~3 min)
     python bench/training.py --large          # + the ResNet18 / ViT subset runs (~20 min)
     python bench/training.py --only digits    # one group
+    python bench/training.py --render bench/results/training.json   # redraw the tables
 
 Each run is ``python -m dualtensor train <the README's options> --out <temp> --quiet`` in a
 subprocess (``--out``/``--quiet`` change no result); its ``summary.json`` gives the figures. Writes
@@ -62,7 +63,11 @@ def main() -> None:
     p.add_argument("--large", action="store_true", help="also the ResNet18 and ViT subset runs")
     p.add_argument("--only", choices=tuple(GROUPS), help="run one group")
     p.add_argument("--results", default=str(Path(__file__).parent / "results"), help="output folder")
+    p.add_argument("--render", metavar="JSON", help="only redraw the tables of an earlier results file")
     a = p.parse_args()
+    if a.render:
+        print(render(json.loads(Path(a.render).read_text())), end="")
+        return
     groups = [a.only] if a.only else ["digits", "fashion", *(["large"] if a.large else [])]
     results: dict = {"python": platform.python_version(), "date": time.strftime("%Y-%m-%d"), "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,10 +78,22 @@ def main() -> None:
                     ["python -m dualtensor train", *args]), "seeds": rows})
                 accs = ", ".join(f"{r['test_acc']:.2%}" for r in rows)
                 print(f"{name}: test accuracy {accs}; wall {rows[0]['wall_s']:.1f} s", flush=True)
+    out = Path(a.results)
+    name = "training" if not a.only else f"training_{a.only}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / f"{name}.md").write_text(render(results))
+    print(f"wrote {out / (name + '.md')}")
+
+
+def render(results: dict) -> str:
+    """The Markdown tables of a results dict (``--render FILE.json`` redraws them)."""
     lines = ["# Training results (bench/training.py)", "",
              f"Measured {results['date']}, Python {results['python']}, BLAS threads "
-             f"{results['runs'][0]['seeds'][0]['blas_threads']} (the library default).", "",
-             "| run | command | test accuracy (seed 0) | other seeds | wall (seed 0) | s/step | train loss first -> last epoch |",
+             f"{results['runs'][0]['seeds'][0]['blas_threads']} (the library default). The BLAS thread count "
+             "changes the order of floating-point sums, so another count gives other last digits.", "",
+             "| run | command | test accuracy (seed 0) | other seeds | wall (seed 0) | s/step | training loss, "
+             "first -> last epoch |",
              "|---|---|---:|---|---:|---:|---|"]
     for r in results["runs"]:
         s0, rest = r["seeds"][0], r["seeds"][1:]
@@ -84,15 +101,11 @@ def main() -> None:
         if rest:
             mean = sum(x["test_acc"] for x in r["seeds"]) / len(r["seeds"])
             others += f" (mean of all {len(r['seeds'])}: {mean:.2%})"
+        loss = (f"{s0['first_train_loss']:.2f} -> {s0['last_train_loss']:.2f}"
+                if s0["first_train_loss"] != s0["last_train_loss"] else f"{s0['last_train_loss']:.2f} (one epoch)")
         lines.append(f"| {r['name']} | `{r['command']}` | {s0['test_acc']:.2%} | {others or '-'} | "
-                     f"{s0['wall_s']:.1f} s | {s0['step_s']:.3f} | {s0['first_train_loss']:.2f} -> "
-                     f"{s0['last_train_loss']:.2f} ({s0['steps']} steps) |")
-    out = Path(a.results)
-    out.mkdir(parents=True, exist_ok=True)
-    name = "training" if not a.only else f"training_{a.only}"
-    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
-    (out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
-    print(f"wrote {out / (name + '.md')}")
+                     f"{s0['wall_s']:.1f} s | {s0['step_s']:.3f} | {loss}, {s0['steps']} steps |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -652,3 +652,21 @@ def test_build_model_is_seeded():
     c = T.build_model(T.TrainConfig(seed=2, width=8).resolved(), (1, 8, 8), 10).state_dict()
     assert all(np.array_equal(a[n], b[n]) for n in a)
     assert not all(np.array_equal(a[n], c[n]) for n in a)
+
+
+def test_memory_stays_flat_over_epochs():
+    import resource  # noqa: F401  (POSIX; the suite runs on Linux)
+
+    def rss_kb() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * (__import__("os").sysconf("SC_PAGE_SIZE") // 1024)
+
+    seen: list[int] = []
+
+    class Measure(T.Callback):
+        def on_epoch_end(self, run, row, improved):
+            seen.append(rss_kb())
+
+    T.fit(tiny_config(epochs=14, limit=200, width=256), callbacks=[Measure()])
+    growth = seen[-1] - seen[3]  # after a few epochs of warm-up: caches, allocator pools
+    assert growth < 1024 * 2, seen  # < 2 MB over 10 epochs; keeping one copy of the weights per epoch is 3.4 MB
