@@ -82,6 +82,12 @@ def to_device(x: Any, device: str) -> Any:
     return cp.asarray(x)
 
 
+def to_host(x: Any) -> np.ndarray:
+    """``x`` as a NumPy array: CuPy arrays are copied to the host (``.get()``), anything else goes
+    through ``np.asarray``."""
+    return x.get() if is_cupy(x) else np.asarray(x)
+
+
 def device_of(x: Any) -> str:
     """``"gpu"`` for CuPy arrays, else ``"cpu"``."""
     return "gpu" if is_cupy(x) else "cpu"

@@ -17,7 +17,9 @@ ADJ_RTOL = 1e-9
 
 
 def to_np(a):
-    return a.get() if hasattr(a, "get") else np.asarray(a)
+    from dualtensor.backend import to_host
+
+    return to_host(a)
 
 
 def rel_err(a, b):
