@@ -19,14 +19,11 @@ import sys
 import time
 import warnings
 
-# Small batched matrices (k×k Grams, per-sample SVDs) run far faster on one BLAS thread than with
-# OpenBLAS threading on a few cores; respect an explicit setting.
-for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
 
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _timing  # noqa: E402
 import closed_form_functions as C  # noqa: E402
 
 from dualtensor.fgrad import diagnostics as D  # noqa: E402
@@ -105,6 +102,7 @@ def plot(rows: list[dict], n: int, path: str) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=None, help="BLAS threads (default: the library's own)")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--ks", default="16,64")
     p.add_argument("--angles", default="15,30,45,60,75,90")
@@ -117,6 +115,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--plot", action="store_true")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args(argv)
+    threads = _timing.limit_threads(a.threads)
     if a.quick:
         a.n, a.ks, a.angles, a.seeds, a.cos_seeds, a.lr_per_decade, a.steps = 16, "4", "30,90", 2, 100, 1, 300
     angles: list[float | None] = [float(s) for s in a.angles.split(",")] + [None]
@@ -124,6 +123,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     t0 = time.perf_counter()
     rows = run(a.n, [int(k) for k in a.ks.split(",")], angles, a.seeds, a.cos_seeds, lrs, a.seed, a.steps,
                log=lambda s: print(s, file=sys.stderr))
+    print(f"BLAS threads {_timing.blas_threads(_timing.blas_info())} ({threads})", file=sys.stderr)
     print(f"Fixed-angle tangents (Fig. 5): Styblinski-Tang n={a.n} (minimum {C.ST_MIN_PER_DIM * a.n:.2f}), "
           f"{a.seeds} seeds, {a.cos_seeds} draws for the cosine, {time.perf_counter() - t0:.1f}s\n")
     table = [[r["k"] or "-", r["angle"] or "-", r["aggregate"], f"{r['cos_mean']:.3f} ± {r['cos_std']:.2f}",

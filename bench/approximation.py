@@ -17,14 +17,11 @@ import sys
 import time
 import warnings
 
-# Small batched matrices (k×k Grams, per-sample SVDs) run far faster on one BLAS thread than with
-# OpenBLAS threading on a few cores; respect an explicit setting.
-for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
 
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _timing  # noqa: E402
 import closed_form_functions as C  # noqa: E402
 
 import dualtensor as dt  # noqa: E402
@@ -81,6 +78,7 @@ def plot(rows: list[dict], path: str) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=None, help="BLAS threads (default: the library's own)")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--ks", default=",".join(str(2**i) for i in range(9)))
     p.add_argument("--seeds", type=int, default=1000)
@@ -89,13 +87,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--plot", action="store_true")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args(argv)
+    threads = _timing.limit_threads(a.threads)
     if a.quick:
         a.seeds, a.ks = 100, "1,4,16,64,128"
     rng = np.random.default_rng(a.seed)
     t0 = time.perf_counter()
     rows = [r for k in (int(s) for s in a.ks.split(",")) for r in measure(a.n, k, a.seeds, rng)]
     total = time.perf_counter() - t0
-    print(f"Approximation quality (Fig. 3): n={a.n}, Gaussian tangents, {a.seeds} seeds, {total:.1f}s\n")
+    print(f"Approximation quality (Fig. 3): n={a.n}, Gaussian tangents, {a.seeds} seeds, {total:.1f}s, "
+          f"BLAS threads {_timing.blas_threads(_timing.blas_info())} ({threads})\n")
     labels = [lb for lb, _, _ in AGGREGATES]
     titles = (("cos", "cosine similarity (mean ± std)"), ("ratio", "norm ratio ‖g‖/‖∇f‖ (mean ± std)"))
     for key, title in titles:

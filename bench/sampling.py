@@ -14,12 +14,11 @@ import platform
 import sys
 import time
 
-# Small batched matrices (k×k Grams, per-sample SVDs) run far faster on one BLAS thread than with
-# OpenBLAS threading on a few cores; respect an explicit setting.
-for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _timing  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from dualtensor.fgrad import samplers as S  # noqa: E402
@@ -29,8 +28,7 @@ CASES = [("normal", {}), ("rademacher", {}), ("orthonormal", {}), ("basis", {}),
 
 
 def _blas_threads() -> str:
-    return ", ".join(f"{v}={os.environ[v]}" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-                     if v in os.environ) or "default"
+    return _timing.blas_threads(_timing.blas_info())
 
 
 def measure(name: str, params: dict, k: int, n: int, dtype: np.dtype, repeats: int, batch: int | None = None,
@@ -53,12 +51,14 @@ def measure(name: str, params: dict, k: int, n: int, dtype: np.dtype, repeats: i
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=None, help="BLAS threads (default: the library's own)")
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--n", type=int, default=65536, help="tangent length (orthonormal uses min(n, 4096))")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--json", default=None, help="write the records to this JSON file")
     p.add_argument("--quick", action="store_true", help="small sizes for a smoke test")
     a = p.parse_args(argv)
+    _timing.limit_threads(a.threads)
     if a.quick:
         a.k, a.n, a.repeats = 4, 4096, 3
     rows = []

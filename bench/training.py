@@ -34,6 +34,11 @@ GROUPS: dict[str, list[tuple[str, list[str], tuple[int, ...]]]] = {
         ("simulated, same estimator",
          [*FM, "--grad", "simulated", "--perturb", "activity", "--k", "16", "--aggregate", "projection", "--lr", "1.5"],
          (0, 1, 2, 3, 4)),
+        ("forward gradient as above, one BLAS thread",
+         [*FM, "--grad", "forward", "--perturb", "activity", "--k", "16", "--aggregate", "projection", "--lr", "1.5",
+          "--threads", "1"], (0,)),
+        ("backprop as above, keeping the last partial batch",
+         [*FM, "--grad", "backprop", "--lr", "0.1", "--no-drop-last"], (0,)),
     ],
     "large": [
         ("ResNet18, activity k = 4, Adam", ["--model", "resnet18", *SUBSET, "--lr", "2e-4"], (0,)),

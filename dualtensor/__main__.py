@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
 import time
 import warnings
@@ -17,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
+from .train.errors import EXIT_DIVERGED, EXIT_OK, EXIT_USAGE, exit_status
 
-EXIT_OK, EXIT_USAGE = 0, 2
 PROG = "dualtensor train"
 
 
@@ -29,29 +30,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _checked(cast: type, what: str, ok: Any, rule: str) -> Any:
-    """An argparse type: ``cast`` the text, then insist on ``ok(value)`` (``rule`` names the bound)."""
+def _number(cast: type, what: str) -> Any:
+    """An argparse type that only reads the number; its bounds are :meth:`TrainConfig.validate`'s."""
     def parse(text: str) -> Any:
         try:
-            v = cast(text)
+            return cast(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not ok(v):
-            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
-        return v
     return parse
 
 
-_positive_int = _checked(int, "an integer", lambda v: v >= 1, ">= 1")
-_nonneg_int = _checked(int, "an integer", lambda v: v >= 0, ">= 0")
-_positive_float = _checked(float, "a number", lambda v: 0 < v < float("inf"), "a positive number")
-_nonneg_float = _checked(float, "a number", lambda v: 0 <= v < float("inf"), "a non-negative number")
+_int = _number(int, "an integer")
+_float = _number(float, "a number")
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``train``: one per :class:`dualtensor.train.TrainConfig` field, plus the modes
     ``--resume`` and ``--overwrite``. Only options given on the command line reach the namespace."""
     from .train import CHOICES, DEFAULT_LR, MODEL_OPTIONS, RESUME_MUTABLE, TrainConfig
+    from .data import get_spec
+    from .train.config import EXP_GAMMA, STEP_EVERY_FRACTION, STEP_GAMMA, option
 
     d = TrainConfig()
     mlp, vit = MODEL_OPTIONS["mlp"], MODEL_OPTIONS["vit"]
@@ -62,14 +60,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("model")
     choice("model", "network")
-    g.add_argument("--width", type=_positive_int,
+    g.add_argument("--width", type=_int,
                    help=f"mlp: hidden units ({mlp['width']}); vit: embedding dim ({vit['width']})")
-    g.add_argument("--depth", type=_nonneg_int, help=f"mlp: hidden layers ({mlp['depth']}); vit: encoder blocks "
-                                                      f"({vit['depth']})")
+    g.add_argument("--depth", type=_int,
+                   help=f"mlp: hidden layers ({mlp['depth']}); vit: encoder blocks ({vit['depth']})")
     choice("stem", "resnet18 stem: 7x7/2 conv + max-pool, or 3x3/1 conv")
-    g.add_argument("--patch-size", type=_positive_int, help=f"vit patch size ({vit['patch_size']})")
-    g.add_argument("--heads", type=_positive_int, help=f"vit attention heads ({vit['heads']})")
-    g.add_argument("--mlp-dim", type=_positive_int, help="vit MLP hidden size (2 x width)")
+    g.add_argument("--patch-size", type=_int, help=f"vit patch size ({vit['patch_size']})")
+    g.add_argument("--heads", type=_int, help=f"vit attention heads ({vit['heads']})")
+    g.add_argument("--mlp-dim", type=_int, help="vit MLP hidden size (2 x width)")
     g.add_argument("--fine-blocks", action="store_true",
                    help="resnet18 activity perturbation: one block per BasicBlock instead of per stage")
 
@@ -82,20 +80,21 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mirror", dest="mirrors", action="append", metavar="URL",
                    help="download from this base URL instead of the built-in mirrors (repeatable; '{dataset}' is "
                         "replaced by the dataset's name; env DUALTENSOR_MIRRORS); checksums are still enforced")
-    g.add_argument("--limit", type=_positive_int, help="use only the first N training samples")
-    g.add_argument("--val-size", type=_nonneg_int,
-                   help="validation samples carved from the training set (10000; digits 180)")
+    g.add_argument("--limit", type=_int, help="use only the first N training samples")
+    g.add_argument("--val-size", type=_int,
+                   help="validation samples carved from the training set ("
+                        + "; ".join(f"{n} {get_spec(n).default_val_size}" for n in CHOICES["dataset"]) + ")")
 
     g = p.add_argument_group("gradient")
     choice("grad", "backprop (reverse mode), forward (forward gradients by forward-mode AD) or simulated (the "
                    "same estimator from the exact gradient)")
-    g.add_argument("--k", type=_positive_int, help=f"tangents per step (default: {d.k})")
+    g.add_argument("--k", type=_int, help=f"tangents per step (default: {d.k})")
     choice("aggregate", "how k directional derivatives become one estimate")
     choice("perturb", "tangents on block outputs (activity) or on all parameters (weight)")
     choice("tangents", "tangent sampler")
-    g.add_argument("--cone-alpha", type=_nonneg_float, help="cone tangents: angle to the first one (radians, "
-                                                            "0..pi)")
-    g.add_argument("--tangent-length", type=_positive_float,
+    g.add_argument("--cone-alpha", type=_float,
+                   help="cone tangents: angle to the first one (radians, 0..pi)")
+    g.add_argument("--tangent-length", type=_float,
                    help="varying_length tangents: lengths spread over [1, L] (L >= 1)")
     g.add_argument("--shared-tangents", action="store_true",
                    help="activity perturbation: one tangent draw shared by all samples of a batch")
@@ -103,33 +102,35 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("optimisation")
     choice("optimizer", "optimizer")
-    g.add_argument("--lr", type=_positive_float,
+    g.add_argument("--lr", type=_float,
                    help="learning rate (default by gradient and optimizer: "
                         + ", ".join(f"{g_}/{o}={v:g}" for (g_, o), v in DEFAULT_LR.items() if o != "adamw")
                         + "); may change on --resume (recorded)")
-    g.add_argument("--momentum", type=_nonneg_float, help=f"sgd momentum (default: {d.momentum})")
-    g.add_argument("--weight-decay", type=_nonneg_float, help=f"(default: {d.weight_decay})")
+    g.add_argument("--momentum", type=_float, help=f"sgd momentum (default: {d.momentum})")
+    g.add_argument("--weight-decay", type=_float, help=f"(default: {d.weight_decay})")
     choice("schedule", "per-epoch learning-rate schedule")
-    g.add_argument("--step-size", type=_positive_int, help="step schedule: epochs per decay (epochs/3)")
-    g.add_argument("--gamma", type=_nonneg_float, help="step/exponential schedule: decay factor (0.1 / 0.9)")
-    g.add_argument("--decay", type=_nonneg_float,
+    g.add_argument("--step-size", type=_int,
+                   help=f"step schedule: epochs per decay (epochs/{STEP_EVERY_FRACTION})")
+    g.add_argument("--gamma", type=_float,
+                   help=f"step/exponential schedule: decay factor ({STEP_GAMMA} / {EXP_GAMMA})")
+    g.add_argument("--decay", type=_float,
                    help="exponential schedule: lr = lr0 * exp(-decay * epoch) (instead of --gamma)")
-    g.add_argument("--t-max", type=_positive_int, help="cosine schedule: period in epochs (epochs)")
-    g.add_argument("--eta-min", type=_nonneg_float, help="cosine schedule: final lr (0)")
-    g.add_argument("--epochs", type=_positive_int, help=f"(default: {d.epochs})")
-    g.add_argument("--batch-size", type=_positive_int, help=f"(default: {d.batch_size})")
+    g.add_argument("--t-max", type=_int, help="cosine schedule: period in epochs (epochs)")
+    g.add_argument("--eta-min", type=_float, help="cosine schedule: final lr (0)")
+    g.add_argument("--epochs", type=_int, help=f"(default: {d.epochs})")
+    g.add_argument("--batch-size", type=_int, help=f"(default: {d.batch_size})")
     g.add_argument("--drop-last", action=argparse.BooleanOptionalAction,
                    help=f"skip each epoch's last, smaller batch (default: {d.drop_last})")
-    g.add_argument("--eval-batch-size", type=_positive_int, help=f"(default: {d.eval_batch_size})")
-    g.add_argument("--early-stopping", type=_positive_int, metavar="N",
+    g.add_argument("--eval-batch-size", type=_int, help=f"(default: {d.eval_batch_size})")
+    g.add_argument("--early-stopping", type=_int, metavar="N",
                    help="stop after N epochs without a better value of the --monitor metric")
     choice("monitor", "validation metric that picks the best epoch and drives early stopping")
 
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=_nonneg_int, help=f"(default: {d.seed})")
+    g.add_argument("--seed", type=_int, help=f"(default: {d.seed})")
     choice("device", "")
-    g.add_argument("--threads", type=_positive_int, help="BLAS threads (default: the BLAS library's own, "
-                                                         "usually every core)")
+    g.add_argument("--threads", type=_int,
+                   help="BLAS threads (default: the BLAS library's own, usually every core)")
     g.add_argument("--heap-arrays", action="store_true",
                    help="keep freed large arrays in the process heap (glibc; dualtensor.backend.heap_arrays): "
                         "1.4-2x faster k = 16 CNN steps here, 0.8-1.3x on other steps")
@@ -140,7 +141,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                                                       "a checkpoint file), e.g. after a divergence")
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last.npz; only "
-                        + ", ".join(f"--{k.replace('_', '-')}" for k in sorted(RESUME_MUTABLE)) + " may change")
+                        + ", ".join(option(k) for k in sorted(RESUME_MUTABLE)) + " may change")
     g.add_argument("--overwrite", action="store_true", help="delete the files of the run in --out and start afresh")
     g.add_argument("--plot", action="store_true", help="write curves.png (needs matplotlib)")
     g.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
@@ -189,8 +190,7 @@ def _one_line_warnings() -> Iterator[None]:
 
 def run_train(options: dict[str, Any]) -> int:
     """Run ``train`` with the options given on the command line; returns the exit status."""
-    from .train import (EXIT_DIVERGED, TrainConfig, TrainingDiverged, exit_status, fit, interrupt_on_signals,
-                        resume_config, run_mode)
+    from .train import TrainConfig, TrainingDiverged, fit, interrupt_on_signals, resume_config, run_mode
 
     opts = dict(options)
     resume, overwrite = opts.pop("resume", False), opts.pop("overwrite", False)
@@ -211,10 +211,10 @@ def run_train(options: dict[str, Any]) -> int:
             _error(str(e))
             return EXIT_USAGE
         except KeyboardInterrupt as e:
-            last = Path(out) / "last.npz" if out else None
-            where = (f"; the last finished epoch is in {last}: continue with python -m dualtensor train --resume "
-                     f"--out {out}" if last is not None and last.is_file() else "")
-            _error(f"interrupted ({getattr(e, 'args', ['SIGINT'])[0] if e.args else 'SIGINT'}){where}")
+            path, epoch = getattr(e, "checkpoint", None), getattr(e, "checkpoint_epoch", None)
+            where = (f"; {path} holds epoch {epoch}: continue with python -m dualtensor train --resume --out {out}"
+                     if path is not None else "")
+            _error(f"interrupted ({signal.Signals(exit_status(e) - 128).name}){where}")
             return exit_status(e)
     if config.quiet:
         acc = result.summary.get("test_acc")

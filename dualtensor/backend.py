@@ -124,6 +124,12 @@ def default_rng(seed: Any = None, xp: types.ModuleType = np) -> Any:
     return xp.random.default_rng(seed)
 
 
+def quiet_float_errors() -> Any:
+    """A context in which NumPy's overflow/invalid/divide warnings are off (CuPy never warns): a
+    diverging run is reported once, by its finite check, not by a burst of RuntimeWarnings."""
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+
 def synchronize(xp: types.ModuleType) -> None:
     """Wait for queued GPU work (no-op on numpy); needed for honest timings."""
     if xp is not np:

@@ -3,6 +3,8 @@
 A checkpoint is one ``.npz`` archive that loads with ``np.load(path, allow_pickle=False)``:
 
 * ``model/<name>``: parameters and buffers (``Module.state_dict()``), copied to the host;
+* ``best/<name>``: the best epoch's weights, when they are not the model's own (a run's
+  ``last.npz`` is then all a resume needs);
 * ``optim/...`` and ``sched/...``: optimizer and schedule state, flattened with
   :func:`dualtensor.optim.state_to_arrays` (arrays plus a JSON ``__meta__`` string);
 * ``format_version`` and ``epoch``: 0-d int64;
@@ -32,10 +34,11 @@ from .errors import UsageError
 from .files import atomic_write
 
 __all__ = ["Checkpoint", "CheckpointError", "checkpoint_arrays", "save_checkpoint", "load_checkpoint", "read_config",
+           "read_epoch",
            "save_npz_atomic", "write_npz", "check_arrays", "generator_state", "set_generator_state", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 2
-MODEL, OPTIM, SCHED = "model/", "optim/", "sched/"
+MODEL, BEST, OPTIM, SCHED = "model/", "best/", "optim/", "sched/"
 _JSON_ENTRIES = ("config", "rng_state", "train_state")
 
 
@@ -90,6 +93,7 @@ class Checkpoint:
     rng_state: dict
     train_state: dict
     path: Path | None = None
+    best_state: dict[str, np.ndarray] | None = None
 
 
 def _json(obj: Any) -> np.ndarray:
@@ -97,12 +101,13 @@ def _json(obj: Any) -> np.ndarray:
 
 
 def checkpoint_arrays(*, model: Any, optimizer: Any = None, scheduler: Any = None, epoch: int,
-                      config: Mapping, rng_state: Mapping | None = None,
-                      train_state: Mapping | None = None) -> dict[str, Any]:
+                      config: Mapping, rng_state: Mapping | None = None, train_state: Mapping | None = None,
+                      best_state: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The entries of a checkpoint (see the module docstring), arrays still on their device."""
     from .optim import state_to_arrays
 
     arrays: dict[str, Any] = {MODEL + name: value for name, value in model.state_dict().items()}
+    arrays.update({BEST + name: value for name, value in (best_state or {}).items()})
     if optimizer is not None:
         arrays.update(state_to_arrays(optimizer.state_dict(), prefix=OPTIM))
     if scheduler is not None:
@@ -134,9 +139,11 @@ def _read_entries(path: Path, keys: tuple[str, ...] | None = None) -> dict[str, 
         for key in z.files if keys is None else [k for k in keys if k in z.files]:
             try:
                 data[key] = z[key]
-            except ValueError:  # NumPy's text suggests allow_pickle=True; dualtensor never unpickles
-                raise CheckpointError(f"{path}: entry {key!r} holds a Python object (pickle), "
-                                      "which dualtensor never loads") from None
+            except ValueError as e:
+                if "allow_pickle" in str(e):  # NumPy's text suggests unpickling; dualtensor never does
+                    raise CheckpointError(f"{path}: entry {key!r} holds a Python object (pickle), "
+                                          "which dualtensor never loads") from None
+                raise CheckpointError(f"{path}: entry {key!r} is damaged ({type(e).__name__})") from None
             except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
                 raise CheckpointError(f"{path}: entry {key!r} is damaged ({type(e).__name__})") from None
     return data
@@ -189,9 +196,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if epoch < 0:
         raise CheckpointError(f"{path}: entry 'epoch' is {epoch}, must be >= 0")
     model_state = {k[len(MODEL):]: v for k, v in data.items() if k.startswith(MODEL)}
+    best_state = {k[len(BEST):]: v for k, v in data.items() if k.startswith(BEST)} or None
     config, rng_state, train_state = (_json_entry(data, k, path) for k in _JSON_ENTRIES)
     return Checkpoint(model_state, _state_entry(data, OPTIM, path), _state_entry(data, SCHED, path), epoch,
-                      config, rng_state, train_state, path)
+                      config, rng_state, train_state, path, best_state)
 
 
 def read_config(path: str | os.PathLike) -> dict:
@@ -201,6 +209,15 @@ def read_config(path: str | os.PathLike) -> dict:
     if "config" not in data:
         raise CheckpointError(f"{path} is not a dualtensor checkpoint (no 'config' entry)")
     return _json_entry(data, "config", path)
+
+
+def read_epoch(path: str | os.PathLike) -> int:
+    """Only the ``epoch`` entry of a checkpoint."""
+    path = Path(path)
+    data = _read_entries(path, ("epoch",))
+    if "epoch" not in data:
+        raise CheckpointError(f"{path} is not a dualtensor checkpoint (no 'epoch' entry)")
+    return _int_entry(data, "epoch", path)
 
 
 def check_arrays(found: Mapping[str, Any], expected: Mapping[str, Any], where: str) -> None:

@@ -7,14 +7,16 @@ killed process left behind (:func:`stale_temporaries`).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write", "atomic_write_text", "new_temp_file", "file_mode", "stale_temporaries"]
+__all__ = ["atomic_write", "atomic_write_text", "new_temp_file", "file_mode", "stale_temporaries", "sha256_of"]
 
 TEMP_SUFFIX = ".tmp"
 
@@ -46,9 +48,11 @@ def new_temp_file(directory: str | os.PathLike, name: str, suffix: str = TEMP_SU
     return fd, Path(tmp)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None],
+                 before_replace: Callable[[Path], None] | None = None) -> Path:
     """Create or replace ``path`` atomically: ``write(f)`` fills a temporary file in the same
-    directory, which is fsynced and renamed over ``path``; on any error it is removed."""
+    directory, which is fsynced, shown to ``before_replace(tmp)`` (e.g. to record it) and renamed
+    over ``path``; on any error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = new_temp_file(path.parent, path.name)
@@ -57,6 +61,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -70,13 +76,23 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(data))
 
 
+def sha256_of(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's content."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def stale_temporaries(directory: str | os.PathLike, names: set[str] | frozenset[str],
-                      suffix: str = TEMP_SUFFIX) -> list[Path]:
-    """Temporary files of :func:`new_temp_file` for any of ``names`` lying in ``directory``."""
+                      suffix: str = TEMP_SUFFIX, older_than: float = 0.0) -> list[Path]:
+    """Temporary files of :func:`new_temp_file` for any of ``names`` lying in ``directory``, last
+    modified at least ``older_than`` seconds ago."""
     pattern = re.compile(r"\.(.+)\.[A-Za-z0-9_]+" + re.escape(suffix) + r"\Z")
-    found = []
+    found, now = [], time.time()
     for p in Path(directory).iterdir():
         m = pattern.match(p.name)
-        if m and m.group(1) in names and p.is_file():
+        if m and m.group(1) in names and p.is_file() and now - p.stat().st_mtime >= older_than:
             found.append(p)
     return sorted(found)

@@ -804,3 +804,25 @@ def test_written_files_follow_umask(tmp_path, server, isolated_cache, umask, mod
     batches = isolated_cache / "cifar10" / cifar.BATCH_DIR
     written = [batches / name for name in (*cifar.BATCH_FILES, cifar.SUMS_FILE)]
     assert {p.name: oct(stat.S_IMODE(os.stat(p).st_mode)) for p in written} == {p.name: oct(mode) for p in written}
+
+
+@pytest.mark.parametrize("sums", ["deadbeef\n", "not a line at all\n", "\xff\n"], ids=["short", "garbage", "binary"])
+def test_a_damaged_sha256sums_is_a_data_error(tmp_path, isolated_cache, monkeypatch, sums):
+    make_cifar_archive(tmp_path / "cifar-10-binary.tar.gz", n=4)
+    data.load("cifar10", data_dir=tmp_path, download=False, verify=False, val_size=5)
+    batches = isolated_cache / "cifar10" / cifar.BATCH_DIR
+    (batches / cifar.SUMS_FILE).write_bytes(sums.encode("latin-1"))
+    cifar_spec_for(monkeypatch, 4)
+    with pytest.raises(data.DataError) as err:
+        data.load("cifar10", download=False, val_size=5)
+    assert cifar.SUMS_FILE in str(err.value) and "\n" not in str(err.value)
+
+
+def test_an_unusable_cache_folder_is_a_clear_error(tmp_path, monkeypatch, server):
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("DUALTENSOR_DATA", str(tmp_path / "afile"))
+    spec = dataclasses.replace(datasets.SPECS["mnist"], mirrors=(server.url + "/m/",))
+    monkeypatch.setitem(datasets.SPECS, "mnist", spec)
+    with pytest.raises(data.DatasetNotFoundError, match="DUALTENSOR_DATA") as err:
+        data.load("mnist")
+    assert "\n" not in str(err.value) and server.requests == []

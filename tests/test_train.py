@@ -313,7 +313,7 @@ def test_limit_beyond_the_dataset_warns(capsys, tmp_path):
 # ------------------------------------------------------------------------------------ early stopping
 
 def fake_validation(monkeypatch, losses=None, accs=None):
-    real = R.evaluate
+    real = T.evaluate  # the real one, even when an earlier fake is in place
     it_l, it_a = iter(losses or []), iter(accs or [])
 
     def fake(model, x, y, batch_size=1000):
@@ -388,9 +388,9 @@ def test_load_checkpoint_errors(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--model", "lenet"], "invalid choice: 'lenet'"),
-    (["--k", "0"], "argument --k: must be >= 1, got 0"),
+    (["--k", "0"], "--k must be >= 1, got 0"),
     (["--k", "two"], "argument --k: expected an integer"),
-    (["--lr", "-1"], "argument --lr: must be a positive number"),
+    (["--lr", "-1"], "--lr must be a positive number, got -1.0"),
     (["--aggregate", "median"], "invalid choice: 'median'"),
     (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
     (["--optimizer", "adam", "--momentum", "0.9"], "--momentum applies to sgd only"),
@@ -410,16 +410,19 @@ def test_argument_errors(capsys, tmp_path, args, message):
 
 def test_missing_dataset_is_a_clear_error(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("DUALTENSOR_DATA", str(tmp_path / "cache"))
-    code, _, err = run(capsys, "--dataset", "mnist", "--no-download", "--data-dir", str(tmp_path / "none"),
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(capsys, "--dataset", "mnist", "--no-download", "--data-dir", str(tmp_path / "empty"),
                        "--out", str(tmp_path / "x"))
     assert code == 2 and "dataset 'mnist' not found" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+    code, _, err = run(capsys, "--dataset", "mnist", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "x"))
+    assert code == 2 and err.strip().endswith(f"--data-dir {tmp_path / 'none'}: no such folder")
 
 
 def test_module_entry_point():
     proc = subprocess.run([sys.executable, "-m", "dualtensor", "train", "--k", "0"], capture_output=True,
                           text=True, timeout=120)
-    assert proc.returncode == 2 and "--k: must be >= 1" in proc.stderr
+    assert proc.returncode == 2 and "--k must be >= 1" in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "dualtensor", "train", "--help"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0 and "--perturb" in proc.stdout and "--init-from" in proc.stdout
@@ -434,7 +437,8 @@ def test_blas_threads_default_to_the_library_and_are_recorded(capsys, tmp_path):
     default = blas_thread_count()
     assert run(capsys, *QUICK, "--epochs", "1", "--limit", "100", "--out", str(tmp_path / "a"))[0] == 0
     assert json.loads((tmp_path / "a" / "summary.json").read_text())["blas_threads"] == default
-    assert run(capsys, *QUICK, "--epochs", "1", "--limit", "100", "--threads", "2", "--out", str(tmp_path / "b"))[0] == 0
+    code = run(capsys, *QUICK, "--epochs", "1", "--limit", "100", "--threads", "2", "--out", str(tmp_path / "b"))[0]
+    assert code == 0
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["blas_threads"] in (2, None)
     assert blas_thread_count() == default  # the limit ends with the run
 
@@ -670,3 +674,143 @@ def test_memory_stays_flat_over_epochs():
     T.fit(tiny_config(epochs=14, limit=200, width=256), callbacks=[Measure()])
     growth = seen[-1] - seen[3]  # after a few epochs of warm-up: caches, allocator pools
     assert growth < 1024 * 2, seen  # < 2 MB over 10 epochs; keeping one copy of the weights per epoch is 3.4 MB
+
+
+# ------------------------------------------------------------------------------------ review regressions
+
+def test_test_accuracy_comes_from_the_best_epochs_weights(tmp_path, monkeypatch):
+    fake_validation(monkeypatch, accs=[0.5, 0.9, 0.4, 0.3])  # epoch 2 is the best by far
+    result = T.fit(tiny_config(epochs=4, out=str(tmp_path / "run"), lr=0.5))
+    assert result.summary["best_epoch"] == 2
+    best, last = load_checkpoint(tmp_path / "run" / "best.npz"), load_checkpoint(tmp_path / "run" / "last.npz")
+    assert best.epoch == 2 and last.epoch == 4
+    assert set(last.best_state) == set(best.model_state)  # last.npz alone restores the run, best weights too
+    assert all(np.array_equal(last.best_state[k], v) for k, v in best.model_state.items())
+    model = T.build_model(T.TrainConfig(**result.summary["config"]), (1, 8, 8), 10)
+    from dualtensor import data
+    splits = data.load("digits", val_size=180)
+    accs = {}
+    for name, ck in (("best", best), ("last", last)):
+        model.load_state_dict(ck.model_state)
+        accs[name] = T.evaluate(model, splits.test.x, splits.test.y)[1]
+    assert result.summary["test_acc"] == accs["best"] != accs["last"]
+
+
+def test_metrics_record_the_elapsed_time(capsys, tmp_path):
+    assert run(capsys, *QUICK, "--limit", "100", "--out", str(tmp_path / "run"))[0] == 0
+    elapsed = [r["elapsed"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")]
+    assert all(e is not None and e > 0 for e in elapsed) and elapsed == sorted(elapsed)
+
+
+def test_checkpoints_every_other_epoch_resume_exactly(tmp_path, monkeypatch):
+    """With last.npz written every 2nd epoch, best.npz can be newer than last.npz: resume needs only last.npz."""
+    fake_validation(monkeypatch, accs=[0.1, 0.2, 0.3, 0.9, 0.5, 0.4, 0.3, 0.2, 0.1, 0.1])
+    cbs = lambda: [T.FiniteCheck(), T.MetricsWriter(), T.Checkpointer(every=T.Every(2))]  # noqa: E731
+    T.fit(tiny_config(epochs=5, out=str(tmp_path / "run")), callbacks=cbs(), use_default_callbacks=False)
+    assert load_checkpoint(tmp_path / "run" / "last.npz").epoch == 5  # the end is saved whatever the period
+    # stop at epoch 3 by hand: last.npz holds epoch 2, best.npz epoch 3
+    fake_validation(monkeypatch, accs=[0.1, 0.2, 0.3, 0.9, 0.5, 0.4, 0.3])
+
+    class StopAt3(T.Callback):
+        order = 99
+
+        def on_epoch_end(self, run, row, improved):
+            if row["epoch"] == 3:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        T.fit(tiny_config(epochs=5, out=str(tmp_path / "cut")), callbacks=[*cbs(), StopAt3()],
+              use_default_callbacks=False)
+    assert load_checkpoint(tmp_path / "cut" / "last.npz").epoch == 2
+    assert load_checkpoint(tmp_path / "cut" / "best.npz").epoch == 3
+    result = T.fit(T.resume_config(tmp_path / "cut"), resume=True)
+    assert result.state.epoch == 5 and result.summary["status"] == "completed"
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_writes(capsys, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    assert run(capsys, *QUICK, "--epochs", "1", "--limit", "100", "--out", str(out))[0] == 0
+    before = npz(out / "last.npz")
+    monkeypatch.setenv("DUALTENSOR_DATA", str(tmp_path / "cache"))
+    code, _, err = run(capsys, "--dataset", "mnist", "--no-download", "--overwrite", "--out", str(out))
+    assert code == 2 and "not found" in err
+    assert all(np.array_equal(v, npz(out / "last.npz")[k]) for k, v in before.items())
+    # a new run from the weights of the very run it replaces
+    code, _, err = run(capsys, *QUICK, "--epochs", "1", "--limit", "100", "--overwrite", "--init-from", str(out),
+                       "--out", str(out))
+    assert code == 0, err
+    assert load_checkpoint(out / "last.npz").config["init_from"] == str(out.resolve())
+
+
+def test_a_copied_run_folder_resumes(capsys, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run(capsys, *QUICK, "--epochs", "1", "--limit", "100", "--out", str(a))[0] == 0
+    subprocess.run(["cp", "-a", str(a), str(b)], check=True)
+    code, _, err = run(capsys, "--resume", "--out", str(b), "--epochs", "2", "--quiet")
+    assert code == 0, err
+    assert load_checkpoint(b / "last.npz").epoch == 2
+
+
+def test_a_changed_checkpoint_stops_the_resume_before_any_training(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert run(capsys, *QUICK, "--epochs", "1", "--limit", "100", "--out", str(out))[0] == 0
+    entries = npz(out / "last.npz")
+    key = next(k for k in entries if k.startswith("model/"))
+    entries[key] = entries[key] + np.float32(1e-3)
+    np.savez(out / "other.npz", **entries)
+    (out / "other.npz").replace(out / "last.npz")  # other weights: not what the run wrote
+    metrics = (out / "metrics.jsonl").read_bytes()
+    code, _, err = run(capsys, "--resume", "--out", str(out), "--epochs", "3")
+    assert code == 2 and "last.npz changed since dualtensor wrote" in err
+    assert (out / "metrics.jsonl").read_bytes() == metrics
+
+
+def test_a_stored_configuration_with_an_invalid_value_is_blamed_on_the_checkpoint(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert run(capsys, *QUICK, "--epochs", "1", "--limit", "100", "--out", str(out))[0] == 0
+    entries = npz(out / "last.npz")
+    config = json.loads(str(entries["config"][()]))
+    config["model"] = "resnet9"
+    entries["config"] = np.array(json.dumps(config))
+    np.savez(out / "last.npz", **entries)
+    import hashlib
+    marker = out / ".dualtensor-run.json"
+    manifest = json.loads(marker.read_text())
+    st = (out / "last.npz").stat()
+    manifest["files"]["last.npz"] = [[st.st_size, st.st_mtime_ns, st.st_ino,
+                                      hashlib.sha256((out / "last.npz").read_bytes()).hexdigest()]]
+    marker.write_text(json.dumps(manifest))  # as a faulty disk would: the marker still matches
+    code, _, err = run(capsys, "--resume", "--out", str(out))
+    assert code == 2 and "last.npz: the stored configuration is damaged" in err and "resnet9" in err
+
+
+def test_the_early_stopping_line_follows_its_epoch_line(capsys, tmp_path, monkeypatch):
+    fake_validation(monkeypatch, accs=[0.5, 0.4, 0.3, 0.2])
+    code, stdout, _ = run(capsys, *[a for a in QUICK if a != "--quiet"], "--limit", "100", "--epochs", "4",
+                          "--early-stopping", "2", "--out", str(tmp_path / "run"))
+    assert code == 0
+    lines = [line for line in stdout.splitlines() if line.startswith(("epoch", "early"))]
+    assert lines[-1].startswith("early stopping") and lines[-2].startswith("epoch   3/4")
+
+
+def test_every_and_the_writers_on_their_own(tmp_path):
+    every = T.Every(3)
+    assert [n for n in range(1, 10) if every(n)] == [3, 6, 9]
+    with pytest.raises(ValueError):
+        T.Every(0)
+    result = T.fit(tiny_config(epochs=2, out=str(tmp_path / "run")), use_default_callbacks=False,
+                   callbacks=[T.MetricsWriter()])
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
+    assert not (tmp_path / "run" / "last.npz").exists() and result.state.epoch == 2
+
+
+def test_blas_threads_follow_the_library_default_outside_the_tests(tmp_path):
+    code = ("import json, sys; from dualtensor.__main__ import main; from dualtensor.train.threads import "
+            "blas_thread_count as c; before = c(); rc = main(['train', '--limit', '100', '--epochs', '1', "
+            "'--width', '16', '--k', '4', '--quiet', '--out', sys.argv[1]]); "
+            "s = json.load(open(sys.argv[1] + '/summary.json')); print(json.dumps([rc, before, s['blas_threads']]))")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.endswith("_NUM_THREADS")}
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
+                          env=env, timeout=120)
+    rc, before, recorded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert rc == 0 and recorded == before  # no pinning: whatever the BLAS library chose

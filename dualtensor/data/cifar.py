@@ -82,7 +82,14 @@ def verify_batches(directory: str | os.PathLike) -> bool:
         return False
     except (OSError, UnicodeDecodeError) as e:
         raise ArchiveError(f"{directory / SUMS_FILE}: cannot read ({e})") from None
-    recorded = dict(reversed(line.split(None, 1)) for line in lines if line.strip())
+    recorded = {}
+    for number, line in enumerate(lines, 1):
+        digest, _, name = line.strip().partition(" ")
+        if not line.strip():
+            continue
+        if len(digest) != 64 or not name.strip():
+            raise ArchiveError(f"{directory / SUMS_FILE}: line {number} is not '<sha256>  <file name>'")
+        recorded[name.strip().lstrip("*")] = digest.lower()
     for name in BATCH_FILES:
         path = directory / name
         expected = recorded.get(name, "").strip()
@@ -128,7 +135,10 @@ def extract_cifar(archive: str | os.PathLike, dest_dir: str | os.PathLike) -> Pa
     holding the batch files.
     """
     out = Path(dest_dir) / BATCH_DIR
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ArchiveError(f"cannot create {out} to extract {archive} into ({e.strerror or e})") from None
     wanted = {f"{BATCH_DIR}/{name}": name for name in BATCH_FILES}
     staged: dict[str, Path] = {}
     sums: dict[str, str] = {}

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..errors import UsageError
-from ..files import new_temp_file
+from ..files import new_temp_file, stale_temporaries
 from .errors import DataError
 
 _HEX_LENGTHS = {"sha256": 64, "md5": 32}
 _CHUNK = 1 << 20
+_STALE_PART_S = 600.0  # a partial download untouched this long was left by a killed process
 
 
 class ChecksumError(DataError):
@@ -106,7 +107,13 @@ def download(urls: str | Sequence[str], dest: str | os.PathLike, checksum: str, 
     dest = Path(dest)
     if dest.is_file() and file_checksum(dest, algorithm) == expected:
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DownloadError(f"cannot create the folder {dest.parent} for {dest.name} ({e.strerror or e}); "
+                            "set DUALTENSOR_DATA to a writable folder") from None
+    for stale in stale_temporaries(dest.parent, {dest.name}, suffix=".part", older_than=_STALE_PART_S):
+        stale.unlink(missing_ok=True)  # left by a killed download (a live one writes every second)
     failures: list[str] = []
     all_checksum = True
     for url in url_list:

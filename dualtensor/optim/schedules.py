@@ -83,9 +83,7 @@ class LRScheduler:
                              f"groups, the optimizer has {len(groups)}")
         self.__dict__.update({k: (list(v) if isinstance(v, (list, tuple)) else v)
                               for k, v in state_dict.items()})
-        for group, base, lr in zip(groups, self.base_lrs, self._last_lr):
-            group["initial_lr"] = base
-            group["lr"] = lr
+        self._write_rates()
 
     def set_base_lrs(self, lrs: list[float]) -> None:
         """Change the base rate of every group (e.g. after a divergence) and apply the schedule's
@@ -95,7 +93,10 @@ class LRScheduler:
             raise ValueError(f"{type(self).__name__}: {len(lrs)} rates for {len(groups)} groups")
         self.base_lrs = [float(lr) for lr in lrs]
         self._last_lr = self.get_lr()
-        for group, base, lr in zip(groups, self.base_lrs, self._last_lr):
+        self._write_rates()
+
+    def _write_rates(self) -> None:
+        for group, base, lr in zip(self.optimizer.param_groups, self.base_lrs, self._last_lr):
             group["initial_lr"] = base
             group["lr"] = lr
 

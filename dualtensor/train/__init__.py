@@ -20,8 +20,9 @@ from .build import build_model, build_optimizer, build_schedule, tangent_generat
 from .callbacks import (Callback, Checkpointer, EarlyStopping, EpochLog, Every, FiniteCheck, MetricsWriter, Plotter,
                         ProgressBar)
 from .config import CHOICES, DEFAULT_LR, MODEL_OPTIONS, RESUME_MUTABLE, ConfigError, TrainConfig
-from .errors import EXIT_DIVERGED, RunInterrupted, TrainingDiverged, exit_status
-from .runner import FitResult, Run, default_callbacks, fit, load_data, resume_config, run_mode
+from .errors import EXIT_DIVERGED, EXIT_OK, EXIT_USAGE, RunInterrupted, TrainingDiverged, exit_status
+from .resume import resume_config
+from .runner import FitResult, Run, default_callbacks, fit, load_data, run_mode
 from .loop import EpochStats, evaluate, train_epoch
 from .rundir import RUN_FILES, RunDir, RunDirError
 from .signals import deferred, interrupt_on_signals
@@ -29,10 +30,10 @@ from .state import TrainState
 from .steps import StepOutput, make_step
 
 __all__ = [
-    "fit", "resume_config", "run_mode", "FitResult", "Run", "TrainConfig", "TrainState", "ConfigError", "TrainingDiverged",
-    "RunInterrupted", "RunDir", "RunDirError", "RUN_FILES", "CHOICES", "DEFAULT_LR", "MODEL_OPTIONS",
-    "RESUME_MUTABLE", "EXIT_DIVERGED", "exit_status", "train_epoch", "evaluate", "EpochStats", "make_step",
-    "StepOutput", "build_model", "build_optimizer", "build_schedule", "tangent_generator", "load_data",
-    "Callback", "Every", "FiniteCheck", "EarlyStopping", "MetricsWriter", "Checkpointer", "ProgressBar", "EpochLog",
-    "Plotter", "default_callbacks", "interrupt_on_signals", "deferred",
+    "fit", "resume_config", "run_mode", "FitResult", "Run", "TrainConfig", "TrainState", "ConfigError",
+    "TrainingDiverged", "RunInterrupted", "RunDir", "RunDirError", "RUN_FILES", "CHOICES", "DEFAULT_LR",
+    "MODEL_OPTIONS", "RESUME_MUTABLE", "EXIT_OK", "EXIT_USAGE", "EXIT_DIVERGED", "exit_status", "train_epoch",
+    "evaluate", "EpochStats", "make_step", "StepOutput", "build_model", "build_optimizer", "build_schedule",
+    "tangent_generator", "load_data", "Callback", "Every", "FiniteCheck", "EarlyStopping", "MetricsWriter",
+    "Checkpointer", "ProgressBar", "EpochLog", "Plotter", "default_callbacks", "interrupt_on_signals", "deferred",
 ]

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..checkpoint import generator_state, set_generator_state
-from .config import ConfigError, TrainConfig
+from .config import EXP_GAMMA, STEP_EVERY_FRACTION, STEP_GAMMA, ConfigError, TrainConfig
 
 __all__ = ["build_model", "build_optimizer", "build_schedule", "tangent_generator", "dropout_modules",
            "rng_state", "restore_rng", "model_blocks"]
@@ -54,17 +54,18 @@ def build_optimizer(config: TrainConfig, model: Any) -> Any:
 
 
 def build_schedule(config: TrainConfig, optimizer: Any) -> Any:
-    """The configured per-epoch learning-rate schedule (``step_size`` defaults to epochs/3,
-    ``t_max`` to the epochs, the exponential ``gamma`` to 0.9)."""
+    """The configured per-epoch learning-rate schedule (defaults: :data:`STEP_GAMMA`, epochs //
+    :data:`STEP_EVERY_FRACTION`, :data:`EXP_GAMMA`, ``t_max`` = epochs)."""
     from ..optim import make_schedule
 
     kw: dict[str, Any] = {}
     if config.schedule == "step":
-        kw = {"step_size": config.step_size or max(1, config.epochs // 3), "gamma": config.gamma}
+        kw = {"step_size": config.step_size or max(1, config.epochs // STEP_EVERY_FRACTION),
+              "gamma": STEP_GAMMA if config.gamma is None else config.gamma}
     elif config.schedule in ("exponential", "expdecay"):
         kw = {"gamma": config.gamma, "decay": config.decay}
         if config.schedule == "exponential" and config.gamma is None and config.decay is None:
-            kw["gamma"] = 0.9
+            kw["gamma"] = EXP_GAMMA
     elif config.schedule == "cosine":
         kw = {"T_max": config.t_max or config.epochs, "eta_min": config.eta_min}
     try:

@@ -6,7 +6,9 @@
 * ``on_epoch_start(run, epoch)``;
 * ``on_step_end(run, out, stats)`` after every optimizer update;
 * ``on_validation_end(run, row)`` with the epoch's record, before it is kept (may raise);
-* ``on_epoch_end(run, row, improved)`` after it is kept (``improved``: a new best epoch);
+* ``on_epoch_end(run, row, improved)`` after it is kept (``improved``: a new best epoch); signals
+  wait until every callback has handled it;
+* ``on_train_end(run)`` once, after the last epoch (however the loop stopped), before the test;
 * ``on_fit_end(run, summary)`` once, after the test evaluation and the summary;
 * ``close()`` when fit returns or raises, however the run ended.
 
@@ -19,9 +21,9 @@ import math
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ..checkpoint import read_epoch
 from ..metrics import history_csv, history_jsonl, history_png
 from .errors import TrainingDiverged
-from .signals import deferred
 
 if TYPE_CHECKING:
     from .runner import Run
@@ -62,6 +64,9 @@ class Callback:
         pass
 
     def on_epoch_end(self, run: "Run", row: dict, improved: bool) -> None:
+        pass
+
+    def on_train_end(self, run: "Run") -> None:
         pass
 
     def on_fit_end(self, run: "Run", summary: dict) -> None:
@@ -145,31 +150,32 @@ class MetricsWriter(Callback):
 
 
 class Checkpointer(Callback):
-    """``last.npz`` (the state after the latest saved epoch, epoch 0 included: everything a resume
-    needs) and ``best.npz`` (the best epoch's); written atomically with signals held back."""
+    """``last.npz``: the state after the latest saved epoch (epoch 0 included), everything a resume
+    needs, every ``every``-th epoch and at the end; ``best.npz``: the best epoch's checkpoint."""
 
     order = 30
 
     def __init__(self, every: Every | None = None):
         self.every = every or Every(1)
 
-    def _save(self, run: "Run", name: str) -> None:
-        with deferred():
-            run.save_checkpoint(name)
-        if name == "last.npz":
-            run.last_checkpoint = (run.rundir.file(name), run.state.epoch)
-
     def on_fit_start(self, run: "Run") -> None:
-        if run.rundir.has("last.npz"):
-            run.last_checkpoint = (run.rundir.file("last.npz"), run.state.epoch)
-        else:
-            self._save(run, "last.npz")
+        if not run.rundir.has("last.npz"):
+            run.save_checkpoint("last.npz")
+            return
+        run.last_checkpoint = (run.rundir.file("last.npz"), run.state.epoch)
+        best = run.rundir.file("best.npz")
+        if run.state.best_epoch and (not run.rundir.has("best.npz") or read_epoch(best) != run.state.best_epoch):
+            run.save_checkpoint("best.npz")  # a run stopped between its two writes left it behind
 
     def on_epoch_end(self, run: "Run", row: dict, improved: bool) -> None:
+        if self.every(run.state.epoch):
+            run.save_checkpoint("last.npz")
         if improved:
-            self._save(run, "best.npz")
-        if self.every(run.state.epoch) or run.stopping or run.state.epoch == run.config.epochs:
-            self._save(run, "last.npz")
+            run.save_checkpoint("best.npz")
+
+    def on_train_end(self, run: "Run") -> None:
+        if run.last_checkpoint is None or run.last_checkpoint[1] != run.state.epoch:
+            run.save_checkpoint("last.npz")
 
 
 class ProgressBar(Callback):
@@ -202,7 +208,7 @@ class ProgressBar(Callback):
 class EpochLog(Callback):
     """One line per epoch on stdout (losses, accuracies, lr, time; ``*`` marks a new best)."""
 
-    order = 45
+    order = 5  # before the lines of other callbacks about the same epoch
 
     def on_epoch_end(self, run: "Run", row: dict, improved: bool) -> None:
         run.log(f"epoch {row['epoch']:3d}/{run.config.epochs}  train loss {row['train_loss']:.4f} "
@@ -217,8 +223,8 @@ class Plotter(Callback):
 
     def on_fit_end(self, run: "Run", summary: dict) -> None:
         try:
-            png = history_png(run.state.history, title=f"{run.config.model} on {run.config.dataset}, "
-                                                        f"{run.config.grad}")
+            title = f"{run.config.model} on {run.config.dataset}, {run.config.grad}"
+            png = history_png(run.state.history, title=title)
         except ImportError as e:
             run.warn(f"--plot: {e}; no plot written")
             return

@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,7 @@ from ..errors import UsageError
 from ..nn import models as _models
 
 __all__ = ["TrainConfig", "ConfigError", "MODEL_OPTIONS", "DEFAULT_LR", "RESUME_MUTABLE", "CHOICES",
-           "schedule_depends_on_epochs"]
+           "schedule_depends_on_epochs", "option", "STEP_GAMMA", "STEP_EVERY_FRACTION", "EXP_GAMMA"]
 
 
 class ConfigError(UsageError, ValueError):
@@ -43,6 +43,11 @@ MODEL_OPTIONS: dict[str, dict[str, Any]] = {
     "vit": {"width": 256, "depth": 6, "patch_size": 4, "heads": 4, "mlp_dim": _twice_width},
 }
 _ARCH_OPTIONS = ("width", "depth", "stem", "fine_blocks", "patch_size", "heads", "mlp_dim")
+
+#: defaults of the schedule options when None: the step schedule decays by STEP_GAMMA every
+#: epochs // STEP_EVERY_FRACTION epochs, the exponential one by EXP_GAMMA per epoch, cosine has a
+#: period of ``epochs``
+STEP_GAMMA, STEP_EVERY_FRACTION, EXP_GAMMA = 0.1, 3, 0.9
 
 #: default learning rate by (gradient, optimizer) when ``lr`` is None; measured on digits and
 #: Fashion-MNIST MLPs with projection forward gradients (see the README's results)
@@ -78,15 +83,18 @@ RESUME_MUTABLE = frozenset({"epochs", "early_stopping", "lr", "eval_batch_size",
 _MIN_INT = {"k": 1, "epochs": 1, "batch_size": 1, "eval_batch_size": 1, "width": 1, "depth": 0, "patch_size": 1,
             "heads": 1, "mlp_dim": 1, "limit": 1, "val_size": 0, "step_size": 1, "t_max": 1, "early_stopping": 1,
             "threads": 1, "seed": 0}
-_NONNEG_FLOAT = ("momentum", "weight_decay", "gamma", "decay", "eta_min", "cone_alpha")
+_NONNEG_FLOAT = ("momentum", "weight_decay", "gamma", "decay", "eta_min", "cone_alpha", "tangent_length")
 # the schedule options and the schedules that take them
 _SCHEDULE_OPTIONS = {"step_size": ("step",), "gamma": ("step", "exponential"), "decay": ("exponential", "expdecay"),
                      "t_max": ("cosine",), "eta_min": ("cosine",)}
 
 
+_SPELLING = {"mirrors": "--mirror", "download": "--no-download"}
+
+
 def option(name: str) -> str:
     """The command-line spelling of a field: ``batch_size`` -> ``--batch-size``."""
-    return "--mirror" if name == "mirrors" else "--" + name.replace("_", "-")
+    return _SPELLING.get(name) or "--" + name.replace("_", "-")
 
 
 def schedule_depends_on_epochs(config: "TrainConfig") -> str | None:
@@ -94,7 +102,8 @@ def schedule_depends_on_epochs(config: "TrainConfig") -> str | None:
     if config.schedule == "cosine" and config.t_max is None:
         return f"the cosine schedule's period is --epochs ({config.epochs}) unless --t-max fixes it"
     if config.schedule == "step" and config.step_size is None:
-        return f"the step schedule decays every --epochs/3 epochs ({config.epochs}) unless --step-size fixes it"
+        return (f"the step schedule decays every --epochs/{STEP_EVERY_FRACTION} epochs ({config.epochs}) unless "
+                "--step-size fixes it")
     return None
 
 
@@ -208,9 +217,10 @@ class TrainConfig:
                 wanted = " or ".join(_kind_name(k) for k in kinds)
                 raise ConfigError(f"{option(f.name)}: expected {wanted}, got {value!r}")
 
-    def validate(self) -> None:
+    def validate(self, machine: bool = True) -> None:
         """Check every option that can be checked without reading data; raise :class:`ConfigError`
-        naming the first bad one. Expects a :meth:`resolved` configuration."""
+        naming the first bad one. Expects a :meth:`resolved` configuration. ``machine=False`` skips
+        what depends on this machine (a GPU for ``device``, the ``data_dir`` folder)."""
         self._check_types()
         for name, options in CHOICES.items():
             value = getattr(self, name)
@@ -237,10 +247,15 @@ class TrainConfig:
             raise ConfigError(f"--momentum applies to sgd only (optimizer {self.optimizer!r})")
         if self.mirrors is not None and not self.download:
             raise ConfigError("--mirror needs downloads (drop --no-download)")
-        for url in self.mirrors or ():
-            if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-                raise ConfigError(f"--mirror {url}: not an http(s) URL")
+        try:
+            _data.mirror_bases(_data.get_spec(self.dataset), self.mirrors)
+        except _data.DataError as e:
+            raise ConfigError(str(e)) from None
         self._check_data_sizes()
+        if not machine:
+            return
+        if self.data_dir is not None and not Path(self.data_dir).expanduser().is_dir():
+            raise ConfigError(f"--data-dir {self.data_dir}: no such folder")
         if self.device == "gpu":
             from ..backend import gpu_available
 

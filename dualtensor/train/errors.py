@@ -5,10 +5,12 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-__all__ = ["TrainingDiverged", "RunInterrupted", "EXIT_DIVERGED", "exit_status"]
+__all__ = ["TrainingDiverged", "RunInterrupted", "EXIT_OK", "EXIT_USAGE", "EXIT_DIVERGED", "exit_status"]
 
-#: exit status of a run stopped by a non-finite loss, gradient or parameter
-EXIT_DIVERGED = 3
+#: exit statuses of ``python -m dualtensor train``: done, a user error (one line naming it), diverged
+#: (a non-finite loss, gradient or parameter; the last good checkpoint is kept); interrupted runs
+#: exit with :func:`exit_status` (130 for SIGINT, 143 for SIGTERM)
+EXIT_OK, EXIT_USAGE, EXIT_DIVERGED = 0, 2, 3
 
 
 class TrainingDiverged(RuntimeError):

@@ -6,18 +6,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from ..backend import get_xp, synchronize
+from ..backend import get_xp, quiet_float_errors, synchronize
 from .steps import Step, StepOutput
 
-__all__ = ["EpochStats", "train_epoch", "evaluate", "quiet_float_errors"]
-
-
-def quiet_float_errors() -> Any:
-    """NumPy's overflow/invalid/divide warnings off: a diverging run is reported once, by the
-    finite check, not by a burst of RuntimeWarnings before it."""
-    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+__all__ = ["EpochStats", "train_epoch", "evaluate"]
 
 
 @dataclass
@@ -32,13 +24,16 @@ class EpochStats:
 
     @property
     def loss(self) -> float:
+        """Mean training loss over the samples seen so far."""
         return self.loss_sum / self.seen if self.seen else float("nan")
 
     @property
     def acc(self) -> float:
+        """Training accuracy over the samples seen so far."""
         return self.correct / self.seen if self.seen else float("nan")
 
     def add(self, out: StepOutput, y: Any) -> None:
+        """Count one step's batch: its loss, its correct predictions, its samples."""
         b = int(y.shape[0])
         self.loss_sum += out.loss * b
         self.correct += int((out.logits.argmax(axis=1) == y).sum())

@@ -5,13 +5,17 @@ Rules (see the README's "Runs and files"):
 * dualtensor writes only into a folder it made (it holds the marker :data:`MARKER`) or an empty
   one; any other existing folder is refused, whatever the mode;
 * a folder that already holds a run needs ``resume`` (continue it) or ``overwrite`` (delete the
-  files the run wrote, then start afresh); other files there are never touched;
+  files the run wrote, then start afresh: the deletion waits for the new run's first write, so a
+  new run that fails before writing anything leaves the old one intact); other files there are
+  never touched;
 * one live run per folder: :data:`LOCK` is held with ``flock`` while a run writes (released by
   the kernel when the process dies, so a killed run leaves no stale lock);
-* every file is written atomically; the marker records each file's size, mtime and inode when
-  written, and a file found changed since (edited by hand, replaced) is neither overwritten nor
-  deleted. The new file's stat is recorded (beside the old one's) before the rename, which keeps
-  all three, so a run killed at any moment leaves a marker that accepts what is on disk;
+* every file is written atomically; the marker records each file as written (size, mtime, inode
+  and SHA-256). A file whose content differs from what the run wrote (edited by hand, replaced)
+  is neither overwritten nor deleted; a copy with the same content (``cp -a``, ``rsync``, a
+  restored backup) is the same file. A new file is recorded beside the old one before the rename
+  (which keeps size, mtime and inode), so a run killed at any moment leaves a marker that accepts
+  what is on disk;
 * temporaries a killed run left behind (``.last.npz.<random>.tmp``) are removed on opening.
 """
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import UsageError
-from ..files import atomic_write_text, file_mode, new_temp_file, stale_temporaries
+from ..files import atomic_write, atomic_write_text, file_mode, sha256_of, stale_temporaries
 from .signals import deferred
 
 try:
@@ -41,6 +45,7 @@ MARKER = ".dualtensor-run.json"
 LOCK = ".dualtensor-run.lock"
 MODES = ("new", "resume", "overwrite")
 _MANIFEST_FORMAT = 1
+Entry = list  # [size, mtime_ns, inode, sha256] of one version of a file
 
 
 class RunDirError(UsageError):
@@ -50,6 +55,10 @@ class RunDirError(UsageError):
 def _stat(path: Path) -> list[int]:
     st = path.stat()
     return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _entry(path: Path) -> Entry:
+    return [*_stat(path), sha256_of(path)]
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -65,11 +74,12 @@ class RunDir:
     Use :meth:`check` before expensive work (it only reads) and :meth:`open` to take the folder.
     """
 
-    def __init__(self, path: Path, files: dict[str, list[list[int]]], created: bool, lock_fd: int | None):
+    def __init__(self, path: Path, files: dict[str, list[Entry]], created: bool, lock_fd: int | None):
         self.path = path
         self._files = files
         self._created = created
         self._lock_fd = lock_fd
+        self._overwrite_pending = False
 
     # -- inspection (read-only) ---------------------------------------------------------------
 
@@ -92,25 +102,28 @@ class RunDir:
     def _check_contents(path: Path, mode: str, files: dict | None) -> None:
         entries = sorted(p.name for p in path.iterdir() if p.name != LOCK) if path.is_dir() else []
         if files is None and entries:
+            if {"last.npz", "config.json"} <= set(entries):
+                raise RunDirError(f"--out {path} holds a run of an earlier dualtensor (it has no {MARKER}); this "
+                                  "version resumes and replaces only runs it made: choose another --out")
             shown = ", ".join(entries[:3]) + (" ..." if len(entries) > 3 else "")
             raise RunDirError(f"--out {path} exists and was not made by dualtensor (it holds {shown}); "
                               "dualtensor writes only into folders it made or empty ones: choose another --out")
-        has_run = bool(files)
-        if mode == "resume" and not (files and "last.npz" in files and (path / "last.npz").is_file()):
+        present = [n for n in files or {} if (path / n).exists()]
+        if mode == "resume" and "last.npz" not in present:
             raise RunDirError(f"--resume: {path} holds no run to resume (no last.npz written by dualtensor)")
-        if mode == "new" and has_run:
+        if mode == "new" and present:
             raise RunDirError(f"--out {path} already holds a run; pass --resume to continue it, --overwrite "
                               "to delete its files and start afresh, or choose another --out")
 
     @staticmethod
-    def _read_manifest(path: Path) -> dict[str, list[list[int]]]:
+    def _read_manifest(path: Path) -> dict[str, list[Entry]]:
         try:
             manifest = json.loads((path / MARKER).read_text(encoding="utf-8"))
             files = manifest["files"]
             if manifest.get("format") != _MANIFEST_FORMAT or not isinstance(files, dict):
                 raise ValueError
-            return {str(k): [[int(x) for x in stat] for stat in v] for k, v in files.items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return {str(k): [[int(e[0]), int(e[1]), int(e[2]), str(e[3])] for e in v] for k, v in files.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
             raise RunDirError(f"{path / MARKER} is damaged; this folder's files cannot be told apart, "
                               "so dualtensor will not write there: choose another --out") from None
 
@@ -118,18 +131,24 @@ class RunDir:
 
     @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "new") -> "RunDir":
-        """Take the folder: create it (or adopt an empty one), lock it, remove stale temporaries and,
-        with ``overwrite``, delete the files the previous run wrote. Raises :class:`RunDirError`."""
+        """Take the folder: create it (or adopt an empty one), lock it and remove stale temporaries.
+        With ``overwrite`` the previous run's files must be unchanged; they are deleted just before
+        this run's first write. Raises :class:`RunDirError`."""
         path = Path(path).expanduser()
-        cls.check(path, mode)
-        created = False
-        if not path.exists():
-            try:
-                path.mkdir(parents=True)
-                created = True
-            except FileExistsError:
-                pass
-        fd = cls._lock(path)
+        for _ in range(5):  # a lock file replaced under us (see _lock) means: look again
+            cls.check(path, mode)
+            created = False
+            if not path.exists():
+                try:
+                    path.mkdir(parents=True)
+                    created = True
+                except FileExistsError:
+                    pass
+            fd = cls._lock(path)
+            if fd is not None:
+                break
+        else:
+            raise RunDirError(f"--out {path}: its lock file keeps changing; another run is starting there")
         try:
             files = cls._read_manifest(path) if (path / MARKER).is_file() else None
             cls._check_contents(path, mode, files)
@@ -139,17 +158,24 @@ class RunDir:
             for tmp in stale_temporaries(path, {*RUN_FILES, MARKER}):
                 tmp.unlink(missing_ok=True)
             if mode == "overwrite":
-                run._delete_own_files()
+                changed = run.changed_files()
+                if changed:
+                    raise RunDirError(f"--overwrite: {', '.join(str(path / n) for n in changed)} changed since "
+                                      "dualtensor wrote them; move them away first (dualtensor deletes only its "
+                                      "own files)")
+                run._overwrite_pending = bool(run._files)
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                       "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
         except BaseException:
-            cls._unlock(fd)
+            os.close(fd)
             raise
         return run
 
     @staticmethod
-    def _lock(path: Path) -> int:
+    def _lock(path: Path) -> int | None:
+        """The descriptor of the folder's lock file, flocked; None when the file was replaced between
+        opening and locking it (a run closing an empty folder removes it)."""
         fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, file_mode())
         if fcntl is None:  # pragma: no cover
             return fd
@@ -164,12 +190,14 @@ class RunDir:
             os.close(fd)
             raise RunDirError(f"--out {path} is in use by another run{who}; wait for it to end or "
                               "choose another --out") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path / LOCK).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+            return None
         return fd
-
-    @staticmethod
-    def _unlock(fd: int | None) -> None:
-        if fd is not None:
-            os.close(fd)  # closing the descriptor releases the flock
 
     def close(self) -> None:
         """Release the lock. When no run file was written and the folder holds nothing but the marker
@@ -177,14 +205,14 @@ class RunDir:
         if self._lock_fd is None:
             return
         if not self._files and set(os.listdir(self.path)) <= {MARKER, LOCK}:
-            for name in (MARKER, LOCK):
+            for name in (MARKER, LOCK):  # removed while still locked: see _lock for who comes next
                 (self.path / name).unlink(missing_ok=True)
             if self._created:
                 try:
                     self.path.rmdir()
                 except OSError:
                     pass
-        self._unlock(self._lock_fd)
+        os.close(self._lock_fd)  # closing the descriptor releases the flock
         self._lock_fd = None
 
     def __enter__(self) -> "RunDir":
@@ -206,12 +234,25 @@ class RunDir:
         return name in self._files and self.file(name).is_file()
 
     def changed(self, name: str) -> bool:
-        """True when ``name`` exists but is not the file this run last wrote (edited, replaced, or
-        never written by dualtensor)."""
+        """True when ``name`` exists but its content is not what this run wrote (edited, replaced, or
+        never written by dualtensor). A copy with the run's content is not changed (and recorded)."""
         path = self.file(name)
         if not path.exists():
             return False
-        return _stat(path) not in self._files.get(name, [])
+        versions = self._files.get(name, [])
+        stat = _stat(path)
+        if any(v[:3] == stat for v in versions):
+            return False
+        digest = sha256_of(path)
+        if any(v[3] == digest for v in versions):
+            self._files[name] = [[*stat, digest]]  # the same content under a new stat: a copy
+            self._write_manifest()
+            return False
+        return True
+
+    def changed_files(self) -> list[str]:
+        """The files this run wrote whose content has changed since (see :meth:`changed`)."""
+        return [n for n in list(self._files) if self.changed(n)]
 
     def write(self, name: str, write: Callable[[IO[bytes]], None]) -> Path:
         """Write run file ``name`` atomically with ``write(f)``; refuses to replace a changed file.
@@ -219,23 +260,18 @@ class RunDir:
         if self._lock_fd is None:
             raise RuntimeError(f"RunDir {self.path} is closed")
         path = self.file(name)
-        if self.changed(name):
-            raise RunDirError(f"{path} was changed since dualtensor wrote it (or was not written by it); "
-                              "move it away to let the run continue")
         with deferred():
-            fd, tmp = new_temp_file(self.path, name)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    write(f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                old = [_stat(path)] if path.exists() else []
-                self._files[name] = [*old, _stat(tmp)]  # a rename keeps size, mtime and inode
+            if self._overwrite_pending:
+                self._delete_own_files()
+            if self.changed(name):
+                raise RunDirError(f"{path} was changed since dualtensor wrote it (or was not written by it); "
+                                  "move it away to let the run continue")
+
+            def record(tmp: Path) -> None:  # the new version is accepted before the rename makes it current
+                self._files[name] = [*([_entry(path)] if path.exists() else []), _entry(tmp)]
                 self._write_manifest()
-                os.replace(tmp, path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+
+            atomic_write(path, write, before_replace=record)
         return path
 
     def write_text(self, name: str, text: str) -> Path:
@@ -250,11 +286,8 @@ class RunDir:
             {"format": _MANIFEST_FORMAT, "dualtensor": __version__, "files": self._files}, indent=1) + "\n")
 
     def _delete_own_files(self) -> None:
-        changed = [n for n in self._files if self.changed(n)]
-        if changed:
-            raise RunDirError(f"--overwrite: {', '.join(str(self.path / n) for n in changed)} changed since "
-                              "dualtensor wrote them; move them away first (dualtensor deletes only its own files)")
         for name in list(self._files):
             self.file(name).unlink(missing_ok=True)
             del self._files[name]
+        self._overwrite_pending = False
         self._write_manifest()

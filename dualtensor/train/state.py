@@ -60,6 +60,7 @@ class TrainState:
         return next((r for r in self.history if r["epoch"] == self.best_epoch), {})
 
     def to_dict(self) -> dict:
+        """A JSON-able copy (what checkpoints store as ``train_state``)."""
         return asdict(self)
 
     @classmethod

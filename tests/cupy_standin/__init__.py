@@ -567,8 +567,8 @@ def _build() -> dict[str, types.ModuleType]:
     del cp.__dict__["RawKernel"], cp.__dict__["ElementwiseKernel"]  # GPU kernels: absent, not callable
     linalg = _Module("cupy.linalg", np.linalg, {"cholesky": _cholesky, "qr": _qr,
                                                 "LinAlgError": np.linalg.LinAlgError})
-    random = _Module("cupy.random", np.random, {"default_rng": _default_rng, "Generator": Generator,
-                                               "BitGenerator": _BitGenerator})
+    random = _Module("cupy.random", np.random,
+                     {"default_rng": _default_rng, "Generator": Generator, "BitGenerator": _BitGenerator})
     fft = _Module("cupy.fft", np.fft)
     stride_tricks = _Module("cupy.lib.stride_tricks", None, {"as_strided": _as_strided})
     lib = _Module("cupy.lib", None, {"stride_tricks": stride_tricks})

@@ -19,8 +19,8 @@ import json
 import re
 from pathlib import Path
 
-MODULES = ("cupy", "cupy.linalg", "cupy.random", "cupy.fft", "cupy.lib", "cupy.lib.stride_tricks", "cupy.cuda", "cupyx", "cupyx.scipy",
-           "cupyx.scipy.special", "cupyx.scipy.linalg")
+MODULES = ("cupy", "cupy.linalg", "cupy.random", "cupy.fft", "cupy.lib", "cupy.lib.stride_tricks", "cupy.cuda",
+           "cupyx", "cupyx.scipy", "cupyx.scipy.special", "cupyx.scipy.linalg")
 CLASSES = ("cupy.ndarray", "cupy.random.Generator", "cupy.random.BitGenerator", "cupy._core.flags.Flags",
            "cupy.cuda.Stream", "cupy.cuda.MemoryPool")
 _SIG = re.compile(r"^\s*(?:[\w.]+\.)?(\w+)(\(.*\))")
