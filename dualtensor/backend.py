@@ -41,15 +41,16 @@ def is_cupy(x: Any) -> bool:
 
 
 def get_xp(*arrays: Any, op: str = "operation") -> types.ModuleType:
-    """The array module (numpy or cupy) of ``arrays``; scalars and None are ignored.
+    """The array module (numpy or cupy) of ``arrays``; scalars (Python or NumPy) and None are ignored.
 
-    Mixing NumPy and CuPy arrays raises ``TypeError`` naming ``op``.
+    Mixing NumPy and CuPy arrays raises ``TypeError`` naming ``op``; NumPy scalars mix with either,
+    as CuPy accepts them.
     """
     has_np = has_cp = False
     for a in arrays:
         if is_cupy(a):
             has_cp = True
-        elif isinstance(a, (np.ndarray, np.generic)):
+        elif isinstance(a, np.ndarray):
             has_np = True
     if has_cp:
         if has_np:
@@ -144,6 +145,37 @@ def scatter_add(xp: types.ModuleType, target: Any, index: Any, values: Any) -> N
         import cupyx
 
         cupyx.scatter_add(target, index, values)
+
+
+def cholesky(G: Any) -> Any:
+    """Lower Cholesky factors of a (batch of) symmetric matrices, never raising: a matrix that is not
+    positive definite gets a factor its caller must reject (NaN on NumPy; on CuPy whatever cuSOLVER
+    left, which may be finite), so check ``L @ L.T`` against ``G``."""
+    xp = get_xp(G)
+    if xp is not np:
+        return xp.linalg.cholesky(G)  # CuPy does not raise (cupyx.errstate(linalg="ignore"))
+    try:
+        return np.linalg.cholesky(G)
+    except np.linalg.LinAlgError:
+        flat = G.reshape(-1, *G.shape[-2:])
+        out = np.full(flat.shape, np.nan, dtype=np.result_type(G.dtype, np.float32))
+        for i, m in enumerate(flat):
+            try:
+                out[i] = np.linalg.cholesky(m)
+            except np.linalg.LinAlgError:
+                pass
+        return out.reshape(G.shape)
+
+
+def solve_triangular(L: Any, b: Any, *, lower: bool = True, trans: str = "N") -> Any:
+    """Solve ``L x = b`` (``trans="T"``: ``L^T x = b``) for one triangular matrix (scipy / cupyx)."""
+    if get_xp(L, b) is np:
+        import scipy.linalg
+
+        return scipy.linalg.solve_triangular(L, b, lower=lower, trans=trans, check_finite=False)
+    import cupyx.scipy.linalg
+
+    return cupyx.scipy.linalg.solve_triangular(L, b, lower=lower, trans=trans)
 
 
 def special(xp: types.ModuleType) -> types.ModuleType:

@@ -22,12 +22,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..backend import get_xp
+from ..backend import cholesky, get_xp, solve_triangular
 
 __all__ = ["single", "sum", "mean", "normalized", "projection", "chi_mean_ratio", "cond_limit",
            "get_aggregator", "register_aggregator", "AGGREGATORS"]
 
 Aggregator = Callable[..., Any]
+_FACTOR_TOL = math.sqrt(np.finfo(np.float64).eps)  # relative residual a valid float64 Cholesky factor meets
 
 
 def _prepare(d: Any, V: Any, name: str) -> tuple[Any, Any, tuple, Any]:
@@ -132,35 +133,25 @@ def _tri_solve_batched(L: Any, b: Any, xp: Any, transpose: bool) -> Any:
     return x
 
 
-def _cholesky_solve(G: Any, rhs: Any, xp: Any) -> tuple[Any | None, Any]:
+def _cholesky_solve(G: Any, rhs: Any, xp: Any) -> tuple[Any, Any]:
     """Solve G c = rhs by Cholesky. G (k, k) with rhs (k,) or (k, m), or G (B, k, k) with rhs (B, k).
 
-    Returns (c or None if the factorisation failed, condition estimate per matrix). The estimate
+    Returns (c, condition estimate per matrix); a matrix whose factorisation failed has estimate inf
+    (and garbage in c). Failure is judged the same way on every backend: the factor must be finite
+    and reproduce G (‖L Lᵀ − G‖ ≤ √eps·‖G‖), since CuPy's Cholesky does not raise. The estimate
     (max_i L_ii / min_i L_ii)² is a cheap lower bound on cond₂(G) from the Cholesky factor.
     """
-    if xp is np and G.ndim == 2:
-        import scipy.linalg
-
-        try:
-            cf = scipy.linalg.cho_factor(G, lower=True, check_finite=False)
-        except np.linalg.LinAlgError:
-            return None, np.asarray(np.inf)
-        diag = np.abs(np.diagonal(cf[0]))
-        est = (diag.max() / diag.min()) ** 2 if diag.min() > 0 else np.inf
-        if not np.isfinite(est):
-            return None, np.asarray(np.inf)
-        return scipy.linalg.cho_solve(cf, rhs, check_finite=False), np.asarray(est)
-    try:
-        L = xp.linalg.cholesky(G)  # batched; CuPy returns NaNs instead of raising
-    except np.linalg.LinAlgError:
-        return None, xp.full(G.shape[:-2], np.inf)
+    L = cholesky(G)
     diag = xp.abs(xp.diagonal(L, axis1=-2, axis2=-1))
     dmin = diag.min(axis=-1)
     est = xp.where(dmin > 0, (diag.max(axis=-1) / xp.where(dmin > 0, dmin, 1)) ** 2, np.inf)
-    est = xp.where(xp.isfinite(est), est, np.inf)
+    Ls = xp.where(xp.isfinite(L), L, 0)
+    resid = xp.sqrt((((Ls @ xp.swapaxes(Ls, -1, -2)) - G) ** 2).sum(axis=(-2, -1)))
+    scale = xp.sqrt((G ** 2).sum(axis=(-2, -1)))
+    ok = xp.isfinite(L).all(axis=(-2, -1)) & (resid <= _FACTOR_TOL * scale) & xp.isfinite(est)
+    est = xp.where(ok, est, np.inf)
+    L = xp.where(ok[..., None, None], Ls, xp.eye(G.shape[-1], dtype=L.dtype))  # a harmless factor where it failed
     if G.ndim == 2:
-        from cupyx.scipy.linalg import solve_triangular
-
         y = solve_triangular(L, rhs, lower=True)
         return solve_triangular(L, y, lower=True, trans="T"), est
     y = _tri_solve_batched(L, rhs, xp, transpose=False)
@@ -194,9 +185,10 @@ def projection(d: Any, V: Any, *, scale: bool = False, cond_max: float | None = 
     """Orthogonal projection of ∇f onto span(v_1, …, v_k): g = V^T (V V^T)^-1 d.
 
     The Gram matrix G = V V^T is formed in V's dtype (one GEMM) and the k×k system G c = d is solved
-    in float64 by Cholesky (scipy cho_factor/cho_solve for one matrix; a batched (B, k, k)
-    Cholesky with substitution vectorised over samples for per-sample tangents; tangents shared over
-    the batch factor G once). Never an explicit inverse. When the factorisation fails or the
+    in float64 by Cholesky (triangular solves for one matrix; a batched (B, k, k) Cholesky with
+    substitution vectorised over samples for per-sample tangents; tangents shared over the batch
+    factor G once). Never an explicit inverse. A factorisation fails, on NumPy and CuPy alike, when
+    its factor is not finite or does not reproduce G. When the factorisation fails or the
     condition estimate exceeds ``cond_max`` (default :func:`cond_limit` of V's dtype: 1e12 for
     float64), a warning names the condition and the affected samples fall back to the minimum-norm
     least-squares solution g = V⁺ d (batched SVD of V, no Gram), which is still the exact projection
@@ -220,7 +212,7 @@ def projection(d: Any, V: Any, *, scale: bool = False, cond_max: float | None = 
         V0 = V if V.ndim == 2 else V[:, 0]
         G = (V0 @ V0.T).astype(np.float64)
         c, est = _cholesky_solve(G, d64, xp)
-        if c is None or not float(est) <= limit:
+        if not float(est) <= limit:
             _warn_fallback(float(est), limit, V.dtype, None, None)
             g = _lstsq_projection(d, V, xp, rc)
         else:
@@ -230,21 +222,13 @@ def projection(d: Any, V: Any, *, scale: bool = False, cond_max: float | None = 
         G = xp.matmul(Vb, Vb.transpose(0, 2, 1)).astype(np.float64)
         c, est = _cholesky_solve(G, d64.T, xp)
         B = V.shape[1]
-        bad = xp.ones(B, dtype=bool) if c is None else ~(est <= limit)
+        bad = ~(est <= limit)
+        g = _combine(c.T.astype(V.dtype), V, xp)
         nbad = int(bad.sum())
-        if c is None:
-            g = None
-        else:
-            g = _combine(c.T.astype(V.dtype), V, xp)
         if nbad:
-            worst = float(est.max()) if c is not None else float("inf")
-            _warn_fallback(worst, limit, V.dtype, nbad, B)
+            _warn_fallback(float(est.max()), limit, V.dtype, nbad, B)
             idx = xp.nonzero(bad)[0]
-            fix = _lstsq_projection(d[:, idx], V[:, idx], xp, rc)
-            if g is None:
-                g = fix
-            else:
-                g[idx] = fix
+            g[idx] = _lstsq_projection(d[:, idx], V[:, idx], xp, rc)
     if scale and k < n:  # for k >= n the projection is already the full gradient
         g *= V.dtype.type(chi_mean_ratio(n, k))
     return g.reshape(shape)

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..autodiff import primal_of
-from ..backend import get_xp, to_device
+from ..backend import device_of, to_device
 from ..tensor import _TensorOps
 
 
@@ -141,7 +141,8 @@ class Module:
         return sd
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
-        """Copy arrays into parameters and buffers (shapes must match; strict checks the names)."""
+        """Copy arrays into parameters and buffers, onto their device and dtype (shapes must match;
+        strict checks the names)."""
         own = self.state_dict()
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
@@ -155,8 +156,7 @@ class Module:
         for name, value in state.items():
             if name not in own:
                 continue
-            xp = get_xp(own[name])
-            arr = xp.asarray(value, dtype=own[name].dtype)
+            arr = to_device(value, device_of(own[name])).astype(own[name].dtype, copy=False)
             if name in params:
                 params[name].data[...] = arr
             else:

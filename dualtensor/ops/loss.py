@@ -90,10 +90,11 @@ def _targets(op: str, input: Any, target: Any, weight: Any, smoothing: float, ig
              allow_probs: bool) -> tuple:
     """Validate and build (q, cax, denom) for cross_entropy / nll_loss."""
     xp, dtype, xs, cax, c, ts = _logits_info(op, input)
-    weight = _class_weight(op, weight, c, xp, dtype)
     t0 = primal_of(target)
     if not hasattr(t0, "dtype"):
         t0 = np.asarray(t0)
+    _xp(primal_of(input), t0, primal_of(weight) if weight is not None else None, op=op)  # one device for all
+    weight = _class_weight(op, weight, c, xp, dtype)
     tshape, kind = tuple(t0.shape), t0.dtype.kind
     if allow_probs and tshape == xs:  # class probabilities (may be differentiable)
         if kind != "f":

@@ -295,6 +295,25 @@ def _is_int(e: Any) -> bool:
     return isinstance(e, (int, np.integer)) and not isinstance(e, (bool, np.bool_))
 
 
+def _check_bounds(key: tuple, shape: tuple) -> None:
+    """Raise IndexError for an out-of-range integer index array, as NumPy does (CuPy wraps them
+    around silently); one device-to-host sync for all of the key's integer arrays."""
+    used = sum(e.ndim if getattr(e, "dtype", None) is not None and e.dtype.kind == "b" else 1
+               for e in key if e is not None and e is not Ellipsis)
+    axis, checks = 0, []
+    for e in key:
+        if e is Ellipsis:
+            axis += len(shape) - used
+            continue
+        if e is None:
+            continue
+        if hasattr(e, "dtype") and e.dtype.kind in "iu" and e.size and axis < len(shape):
+            checks.append(((e < -shape[axis]) | (e >= shape[axis])).any())
+        axis += e.ndim if hasattr(e, "dtype") and e.dtype.kind == "b" else 1
+    if checks and bool(_xp(*checks).stack(checks).any()):
+        raise IndexError(f"getitem: an integer index array is out of bounds for shape {shape}")
+
+
 def _index_key(x: Any, key: Any) -> tuple[tuple, int | None, bool]:
     """Normalise an index; return (key, nb, accumulate).
 
@@ -330,6 +349,8 @@ def _index_key(x: Any, key: Any) -> tuple[tuple, int | None, bool]:
             raise TypeError(f"getitem: unsupported index {e!r} of type {type(e).__name__} "
                             "(use ints, slices, None, Ellipsis or integer/boolean arrays)")
     key = tuple(out)
+    if xp is not np:
+        _check_bounds(key, _shape_of(x))
     arrays = [e for e in key if hasattr(e, "ndim") and e.ndim > 0]
     if not arrays:
         return key, None, False

@@ -1,0 +1,80 @@
+"""Where CuPy behaves differently from NumPy: each fix of issue 10's table, checked on CuPy (the
+stand-in in tests/cupy_standin when no GPU is present) against NumPy."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import dualtensor as dt
+from dualtensor.backend import to_host
+
+cupy = pytest.importorskip("cupy")
+
+
+def gpu(a):
+    return cupy.asarray(a)
+
+
+def test_projection_detects_failed_factorisations_the_same_way_on_both_backends():
+    rng = np.random.default_rng(0)
+    k, B, n = 4, 6, 5
+    V = rng.standard_normal((k, B, n))
+    V[3, 1] = V[0, 1] + V[2, 1]          # sample 1: dependent tangents, a singular Gram
+    V[:, 4] = V[:, 4, :1] * np.ones(n)   # sample 4: every tangent the same direction up to scale
+    V[1, 5] = 1e-9 * V[1, 5]             # sample 5: ill-conditioned, not singular
+    d = rng.standard_normal((k, B))
+    results, messages = [], []
+    for to in (np.asarray, gpu):
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            g = dt.fgrad.AGGREGATORS["projection"](to(d), to(V))
+        results.append(to_host(g))
+        messages.append([str(x.message) for x in w])
+    assert messages[0] == messages[1] and "in 3 of 6 samples" in messages[0][0]
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-6, atol=1e-9)
+    # the fallback is the exact projection onto the span (least squares), not a broken factor's output
+    for b in (1, 4):
+        Vb = V[:, b]
+        expected = np.linalg.pinv(Vb, rcond=1e-10) @ d[:, b]
+        np.testing.assert_allclose(results[0][b], expected, rtol=1e-6, atol=1e-9)
+
+
+def test_numpy_scalars_mix_with_device_arrays():
+    x = dt.dual(gpu(np.arange(3.0, dtype=np.float32)), gpu(np.ones((2, 3), np.float32)))
+    for out in (x * np.float32(2), dt.maximum(x, np.float64(0)), dt.clip(x, np.float32(-1), np.float32(1.5))):
+        assert dt.backend.is_cupy(out.primal) and dt.backend.is_cupy(out.tangent)
+    with pytest.raises(TypeError, match="cannot mix numpy and cupy"):
+        x * np.ones(3, np.float32)
+
+
+def test_out_of_range_index_arrays_raise_on_the_device_too():
+    x = dt.dual(gpu(np.arange(4.0)), gpu(np.ones((2, 4))))
+    with pytest.raises(IndexError, match="out of bounds"):
+        x[gpu(np.array([0, 4]))]
+    with pytest.raises(IndexError, match="out of bounds"):
+        x[gpu(np.array([-5]))]
+    y = x[gpu(np.array([3, -1, 0]))]
+    assert to_host(y.primal).tolist() == [3.0, 3.0, 0.0]
+    m = dt.dual(gpu(np.arange(12.0).reshape(3, 4)), gpu(np.ones((1, 3, 4))))
+    with pytest.raises(IndexError):
+        m[..., gpu(np.array([4]))]
+    assert to_host(m[1:, gpu(np.array([3]))].primal).tolist() == [[7.0], [11.0]]
+
+
+def test_device_and_host_operands_meet_the_projects_own_errors():
+    from dualtensor import nn
+    from dualtensor.nn import functional as F
+
+    logits, y = np.zeros((2, 3), np.float32), gpu(np.array([0, 1]))
+    with pytest.raises(TypeError, match="cross_entropy: cannot mix numpy and cupy"):
+        F.cross_entropy(logits, y)
+    host = nn.Linear(3, 2)
+    device = nn.Linear(3, 2).to("gpu")
+    host.load_state_dict(device.state_dict())  # values move onto the parameters' device
+    assert isinstance(host.weight.data, np.ndarray)
+    np.testing.assert_array_equal(host.weight.data, to_host(device.weight.data))
+    device.load_state_dict({k: v + 1 for k, v in host.state_dict().items()})
+    assert dt.backend.is_cupy(device.weight.data)
+    np.testing.assert_array_equal(to_host(device.weight.data), host.weight.data + 1)
