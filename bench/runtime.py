@@ -59,7 +59,8 @@ import _timing as T  # noqa: E402
 
 import dualtensor as dt  # noqa: E402
 from dualtensor import optim  # noqa: E402
-from dualtensor.backend import array_module, heap_arrays, set_default_dtype, synchronize  # noqa: E402
+from dualtensor.allocator import heap_arrays  # noqa: E402
+from dualtensor.backend import array_module, set_default_dtype, synchronize  # noqa: E402
 from dualtensor.fgrad import activity as _activity  # noqa: E402
 from dualtensor.fgrad.activity import activity_gradient  # noqa: E402
 from dualtensor.fgrad.aggregators import get_aggregator  # noqa: E402
@@ -775,7 +776,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep", default="tape", choices=("tape", "recompute"), help="activity: block-local VJP mode")
     p.add_argument("--allocator", default="heap", choices=("heap", "system"),
                    help="heap (default): large arrays from the process heap, freed ones reused\n"
-                        "(dualtensor.backend.heap_arrays; glibc); system: glibc's defaults, untouched")
+                        "(dualtensor.allocator.heap_arrays; glibc); system: glibc's defaults, untouched")
     p.add_argument("--no-loop", action="store_true", help="skip the k-separate-passes loop")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory (and check) pass")
     p.add_argument("--no-check", action="store_true", help="skip the loop == batched gradient check")

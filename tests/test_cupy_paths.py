@@ -78,3 +78,22 @@ def test_device_and_host_operands_meet_the_projects_own_errors():
     device.load_state_dict({k: v + 1 for k, v in host.state_dict().items()})
     assert dt.backend.is_cupy(device.weight.data)
     np.testing.assert_array_equal(to_host(device.weight.data), host.weight.data + 1)
+
+
+@pytest.mark.parametrize("make", ["sgd-momentum", "adam"])
+def test_optimizer_state_follows_its_parameters_to_the_device(make):
+    from dualtensor import nn, optim
+
+    model = nn.Linear(3, 2)
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9) if make == "sgd-momentum" else \
+        optim.Adam(model.parameters(), lr=0.1)
+    for p in model.parameters():
+        p.grad = np.ones_like(p.data)
+    opt.step()  # host state
+    model.to("gpu")
+    for p in model.parameters():
+        p.grad = gpu(np.ones(p.data.shape, p.data.dtype))
+    opt.step()
+    states = [v for s in opt.state.values() for v in s.values() if hasattr(v, "shape")]
+    assert states and all(dt.backend.is_cupy(v) for v in states)
+    assert all(dt.backend.is_cupy(p.data) for p in model.parameters())

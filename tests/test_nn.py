@@ -569,7 +569,7 @@ def test_heap_arrays_keeps_numpy_working():
     import platform
     import sys
 
-    from dualtensor.backend import heap_arrays
+    from dualtensor.allocator import heap_arrays
 
     glibc = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
     assert heap_arrays() is glibc  # on: process-wide (train() turns it on as well)

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..backend import get_default_dtype, is_cupy
+from ..backend import get_default_dtype, is_cupy, rng_module
 
 __all__ = ["normal", "rademacher", "orthonormal", "basis", "cone", "varying_length", "supplied",
            "validate_tangents", "as_generator", "get_sampler", "register_sampler", "SAMPLERS"]
@@ -35,11 +35,8 @@ _CHUNK = 1 << 18  # Rademacher numbers converted per chunk (keeps the bit tempor
 
 
 def _module_of_rng(rng: Any) -> types.ModuleType | None:
-    if rng is not None and type(rng).__module__.startswith("cupy"):
-        import cupy
-
-        return cupy
-    return None
+    """cupy for a CuPy generator, else None."""
+    return None if rng_module(rng) in (None, np) else rng_module(rng)
 
 
 def as_generator(rng: Any = None, xp: types.ModuleType | None = None) -> Any:

@@ -5,7 +5,8 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from .optimizer import Optimizer, _xp
+from ..backend import get_xp as _xp
+from .optimizer import Optimizer
 from .sgd import _check_nonneg
 
 __all__ = ["Adam", "AdamW"]

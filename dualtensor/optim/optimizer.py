@@ -6,30 +6,12 @@ A parameter is any object with a ``.data`` array (NumPy or CuPy, updated in plac
 from __future__ import annotations
 
 import copy
-import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
-import numpy as np
+from ..backend import device_of, get_xp, is_array, is_cupy, to_device
 
 __all__ = ["Optimizer", "ParamState"]
-
-
-def _is_cupy(a: Any) -> bool:
-    return type(a).__module__.startswith("cupy")
-
-
-def _xp(a: Any) -> types.ModuleType:
-    """numpy or cupy, whichever ``a`` belongs to (cupy imported only when needed)."""
-    if _is_cupy(a):
-        import cupy
-
-        return cupy
-    return np
-
-
-def _is_array(x: Any) -> bool:
-    return isinstance(x, np.ndarray) or (_is_cupy(x) and hasattr(x, "shape"))
 
 
 def _is_param(x: Any) -> bool:
@@ -96,7 +78,7 @@ class Optimizer:
         self.defaults: dict[str, Any] = dict(defaults)
         self.param_groups: list[dict[str, Any]] = []
         self.state = ParamState()
-        if _is_param(params) or _is_array(params) or isinstance(params, (dict, str)):
+        if _is_param(params) or is_array(params) or isinstance(params, (dict, str)):
             raise TypeError(f"{self._name}: params must be an iterable of parameters or of dicts, "
                             f"got {type(params).__name__}")
         groups = list(params)
@@ -187,7 +169,11 @@ class Optimizer:
                                      f"parameter shape {data.shape}")
                 if grad.dtype != data.dtype:  # compute in the parameter's dtype
                     grad = grad.astype(data.dtype)
-                self._update(data, grad, self.state[p], group)
+                state = self.state[p]
+                for name, value in state.items():  # state made before the parameter moved (Module.to)
+                    if is_array(value) and is_cupy(value) != is_cupy(data):
+                        state[name] = to_device(value, device_of(data))
+                self._update(data, grad, state, group)
         return loss
 
     def _update(self, data: Any, grad: Any, state: dict[str, Any], group: dict[str, Any]) -> None:
@@ -248,14 +234,12 @@ class Optimizer:
         self.state = new_state
 
     def _load_value(self, p: Any, name: str, value: Any) -> Any:
-        if not _is_array(value):
+        if not is_array(value):
             return copy.deepcopy(value)
         data = p.data
         if value.shape != data.shape:
             raise ValueError(f"{self._name}: loaded state {name!r} has shape {value.shape}, "
                              f"parameter has shape {data.shape}")
-        xp = _xp(data)
-        if xp is np and _is_cupy(value):
-            value = value.get()
+        value = to_device(value, device_of(data))
         dtype = data.dtype if value.dtype.kind in "fc" else value.dtype
-        return xp.array(value, dtype=dtype, copy=True)
+        return get_xp(data).array(value, dtype=dtype, copy=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .optimizer import _is_array, _is_cupy
+from ..backend import is_array, to_host
 
 __all__ = ["state_to_arrays", "state_from_arrays",
            "optimizer_state_to_arrays", "optimizer_state_from_arrays"]
@@ -28,11 +28,11 @@ def state_to_arrays(state_dict: Mapping[str, Any], prefix: str = "") -> dict[str
     arrays: dict[str, np.ndarray] = {}
 
     def encode(obj: Any, path: str) -> Any:
-        if _is_array(obj):
+        if is_array(obj):
             key = prefix + path
             if key in arrays or path == _META:
                 raise ValueError(f"state_to_arrays: two arrays would be stored under {key!r}")
-            arrays[key] = obj.get() if _is_cupy(obj) else np.array(obj, copy=True)
+            arrays[key] = np.array(to_host(obj), copy=True)
             return {"__array__": path}
         if isinstance(obj, np.generic):
             return obj.item()

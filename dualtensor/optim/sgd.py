@@ -4,7 +4,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .optimizer import Optimizer, _xp
+from ..backend import get_xp as _xp
+from .optimizer import Optimizer
 
 __all__ = ["SGD"]
 

@@ -191,7 +191,7 @@ def fit(config: TrainConfig, callbacks: Sequence[Callback] = (), *, resume: bool
     config = config.resolved()
     config.validate()
     if config.heap_arrays and config.device == "cpu":
-        from ..backend import heap_arrays
+        from ..allocator import heap_arrays
 
         heap_arrays()  # reuse freed large arrays across steps instead of page-faulting them in again
     opened = RunDir.open(config.out, mode) if config.out else contextlib.nullcontext()
