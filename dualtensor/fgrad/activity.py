@@ -43,7 +43,7 @@ _IID = {_samplers.normal, _samplers.rademacher}
 class ActivityResult:
     """What one activity-perturbation step produced."""
 
-    loss: float                         # mean per-sample loss (primal)
+    loss: Any                           # mean per-sample loss (primal): a 0-d array on the input's device
     grads: dict                         # parameter name -> gradient estimate (same shape/dtype as the data)
     d: Any                              # directional derivatives, shape (k, B)
     sizes: list                         # per-sample activation size of each block
@@ -202,7 +202,7 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
     if type(per_sample) is not (Traced if simulated else DualTensor) or per_sample.shape != (B,):
         raise ValueError(f"activity_gradient: loss_fn must return per-sample losses of shape ({B},) "
                          f"(e.g. reduction='none'), got {getattr(per_sample, 'shape', type(per_sample))}")
-    loss = float((per_sample.value if simulated else per_sample.primal).mean())
+    loss = (per_sample.value if simulated else per_sample.primal).mean()  # stays on the device
     if V is None:
         V = V_parts[0] if len(V_parts) == 1 else xp.concatenate(V_parts, axis=-1)
     if simulated:  # exact gradients of the summed per-sample losses w.r.t. every block output:

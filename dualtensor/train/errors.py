@@ -20,7 +20,7 @@ class TrainingDiverged(RuntimeError):
     run has no run folder); the message says how to continue from it with another learning rate.
     """
 
-    def __init__(self, reason: str, *, epoch: int, step: int, checkpoint: Path | None = None,
+    def __init__(self, reason: str, *, epoch: int, step: int | str, checkpoint: Path | None = None,
                  checkpoint_epoch: int | None = None, message: str | None = None):
         super().__init__(message or f"training diverged at epoch {epoch}, step {step}: {reason}")
         self.reason, self.epoch, self.step = reason, epoch, step

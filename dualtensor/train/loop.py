@@ -14,10 +14,11 @@ __all__ = ["EpochStats", "train_epoch", "evaluate"]
 
 @dataclass
 class EpochStats:
-    """Running totals of one epoch: mean training loss and accuracy over the samples seen so far."""
+    """Running totals of one epoch. The loss and accuracy sums stay on the device (0-d arrays) until
+    :attr:`loss` or :attr:`acc` is read, so a step adds no device-to-host sync."""
 
-    loss_sum: float = 0.0
-    correct: int = 0
+    loss_sum: Any = 0.0
+    correct: Any = 0
     seen: int = 0
     steps: int = 0
     time: float = 0.0
@@ -25,18 +26,18 @@ class EpochStats:
     @property
     def loss(self) -> float:
         """Mean training loss over the samples seen so far."""
-        return self.loss_sum / self.seen if self.seen else float("nan")
+        return float(self.loss_sum) / self.seen if self.seen else float("nan")
 
     @property
     def acc(self) -> float:
         """Training accuracy over the samples seen so far."""
-        return self.correct / self.seen if self.seen else float("nan")
+        return int(self.correct) / self.seen if self.seen else float("nan")
 
     def add(self, out: StepOutput, y: Any) -> None:
         """Count one step's batch: its loss, its correct predictions, its samples."""
         b = int(y.shape[0])
-        self.loss_sum += out.loss * b
-        self.correct += int((out.logits.argmax(axis=1) == y).sum())
+        self.loss_sum = self.loss_sum + out.loss * b
+        self.correct = self.correct + (out.logits.argmax(axis=1) == y).sum()
         self.seen += b
         self.steps += 1
 

@@ -1,7 +1,8 @@
 """One factory for the step function of every gradient mode.
 
-A step takes a batch ``(x, y)`` and returns :class:`StepOutput`: the mean training loss, a
-gradient (or gradient estimate) for every parameter, and the logits it computed on the way.
+A step takes a batch ``(x, y)`` and returns :class:`StepOutput`: the mean training loss (a 0-d
+array on the batch's device: reading it as a number is a device-to-host sync, which the loop
+batches), a gradient (or gradient estimate) for every parameter, and the logits it computed.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ __all__ = ["StepOutput", "Step", "make_step"]
 class StepOutput(NamedTuple):
     """What one gradient step computed on a batch."""
 
-    loss: float
+    loss: Any
     grads: dict[str, Any]
     logits: Any
 
@@ -62,7 +63,7 @@ def _backprop_step(model: Any) -> Step:
 
     def step(x: Any, y: Any) -> StepOutput:
         (loss, logits), grads = vg(current(), x, y)
-        return StepOutput(float(loss), grads, logits)
+        return StepOutput(primal_of(loss), grads, logits)
 
     return step
 
@@ -84,7 +85,7 @@ def _activity_step(model: Any, config: TrainConfig, sampler: Any, rng: Any, *, s
         res = activity_gradient(model, per_sample_loss, x, y, k=config.k, sampler=sampler,
                                 aggregate=config.aggregate, rng=rng, shared=config.shared_tangents,
                                 simulated=simulated, keep=config.keep, blocks=blocks)
-        return StepOutput(float(res.loss), res.grads, primal_of(seen["logits"]))
+        return StepOutput(primal_of(res.loss), res.grads, primal_of(seen["logits"]))
 
     return step
 
@@ -108,6 +109,6 @@ def _weight_step(model: Any, config: TrainConfig, sampler: Any, rng: Any, *, sim
 
         loss, grads, _ = estimator(f, current(), config.k, sampler=sampler, aggregate=config.aggregate,
                                    rng=rng, shared=config.shared_tangents)
-        return StepOutput(float(primal_of(loss)), grads, primal_of(seen["logits"]))
+        return StepOutput(primal_of(loss), grads, primal_of(seen["logits"]))
 
     return step
