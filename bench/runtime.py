@@ -209,9 +209,15 @@ class Case:
         self.opt.step()
 
     def generator(self, rng: Any = None) -> Any:
-        """A tangent generator on the case's device: ``rng`` may be a generator, a seed or a seed list."""
-        if rng is None or isinstance(rng, (int, list, tuple)):
-            rng = np.random.default_rng(self.seed if rng is None else rng)  # CuPy: seeded from it
+        """A tangent generator on the case's device: ``rng`` may be a generator, a seed or a seed list.
+        Without one, timed steps share one generator per case (a GPU generator costs its seeding, which
+        a training run pays once per epoch, not per step)."""
+        if rng is None:
+            if getattr(self, "_generator", None) is None:
+                self._generator = as_generator(np.random.default_rng(self.seed), self.xp)
+            return self._generator
+        if isinstance(rng, (int, list, tuple)):
+            rng = np.random.default_rng(rng)  # CuPy: seeded from it
         return as_generator(rng, self.xp)
 
     def snapshot(self) -> dict:

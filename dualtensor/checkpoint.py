@@ -8,9 +8,8 @@ A checkpoint is one ``.npz`` archive that loads with ``np.load(path, allow_pickl
 * ``optim/...`` and ``sched/...``: optimizer and schedule state, flattened with
   :func:`dualtensor.optim.state_to_arrays` (arrays plus a JSON ``__meta__`` string);
 * ``format_version`` and ``epoch``: 0-d int64;
-* ``config``, ``rng_state`` and ``train_state``: JSON objects stored as 0-d unicode arrays.
-  NumPy ``Generator`` states are stored as their ``bit_generator.state`` dicts, whose 128-bit
-  integers JSON keeps exactly.
+* ``config`` and ``train_state``: JSON objects stored as 0-d unicode arrays. (A training run's
+  random generators are seeded by (seed, epoch), so no generator state is saved.)
 
 :func:`load_checkpoint` checks the file's structure (every entry present, of the right kind,
 JSON that parses to objects) and raises :class:`CheckpointError` naming the first bad entry;
@@ -35,11 +34,11 @@ from .files import atomic_write
 
 __all__ = ["Checkpoint", "CheckpointError", "checkpoint_arrays", "save_checkpoint", "load_checkpoint", "read_config",
            "read_epoch",
-           "save_npz_atomic", "write_npz", "check_arrays", "generator_state", "set_generator_state", "FORMAT_VERSION"]
+           "save_npz_atomic", "write_npz", "check_arrays", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 2
 MODEL, BEST, OPTIM, SCHED = "model/", "best/", "optim/", "sched/"
-_JSON_ENTRIES = ("config", "rng_state", "train_state")
+_JSON_ENTRIES = ("config", "train_state")
 
 
 class CheckpointError(UsageError, ValueError):
@@ -63,24 +62,6 @@ def save_npz_atomic(path: str | os.PathLike, arrays: Mapping[str, Any]) -> Path:
     return atomic_write(path, lambda f: write_npz(f, arrays))
 
 
-def generator_state(gen: Any) -> dict:
-    """The JSON-able state of a NumPy ``Generator`` (its ``bit_generator.state``)."""
-    return gen.bit_generator.state
-
-
-def set_generator_state(gen: Any, state: Any, what: str = "rng_state") -> None:
-    """Restore a state from :func:`generator_state`; a state that does not fit the generator
-    raises :class:`CheckpointError` naming ``what``."""
-    kind = type(gen.bit_generator).__name__
-    if not isinstance(state, Mapping) or state.get("bit_generator") != kind:
-        got = state.get("bit_generator") if isinstance(state, Mapping) else type(state).__name__
-        raise CheckpointError(f"{what}: expected a {kind} generator state, got {got!r}")
-    try:
-        gen.bit_generator.state = dict(state)
-    except (TypeError, ValueError, KeyError, OverflowError) as e:
-        raise CheckpointError(f"{what}: not a valid {kind} state ({e})") from None
-
-
 @dataclass
 class Checkpoint:
     """The contents of a checkpoint file (see the module docstring)."""
@@ -90,7 +71,6 @@ class Checkpoint:
     scheduler_state: dict | None
     epoch: int
     config: dict
-    rng_state: dict
     train_state: dict
     path: Path | None = None
     best_state: dict[str, np.ndarray] | None = None
@@ -101,7 +81,7 @@ def _json(obj: Any) -> np.ndarray:
 
 
 def checkpoint_arrays(*, model: Any, optimizer: Any = None, scheduler: Any = None, epoch: int,
-                      config: Mapping, rng_state: Mapping | None = None, train_state: Mapping | None = None,
+                      config: Mapping, train_state: Mapping | None = None,
                       best_state: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The entries of a checkpoint (see the module docstring), arrays still on their device."""
     from .optim import state_to_arrays
@@ -115,7 +95,6 @@ def checkpoint_arrays(*, model: Any, optimizer: Any = None, scheduler: Any = Non
     arrays["format_version"] = np.array(FORMAT_VERSION, np.int64)
     arrays["epoch"] = np.array(int(epoch), np.int64)
     arrays["config"] = _json(dict(config))
-    arrays["rng_state"] = _json(dict(rng_state or {}))
     arrays["train_state"] = _json(dict(train_state or {}))
     return arrays
 
@@ -197,9 +176,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{path}: entry 'epoch' is {epoch}, must be >= 0")
     model_state = {k[len(MODEL):]: v for k, v in data.items() if k.startswith(MODEL)}
     best_state = {k[len(BEST):]: v for k, v in data.items() if k.startswith(BEST)} or None
-    config, rng_state, train_state = (_json_entry(data, k, path) for k in _JSON_ENTRIES)
+    config, train_state = (_json_entry(data, k, path) for k in _JSON_ENTRIES)
     return Checkpoint(model_state, _state_entry(data, OPTIM, path), _state_entry(data, SCHED, path), epoch,
-                      config, rng_state, train_state, path, best_state)
+                      config, train_state, path, best_state)
 
 
 def read_config(path: str | os.PathLike) -> dict:

@@ -97,3 +97,65 @@ def test_optimizer_state_follows_its_parameters_to_the_device(make):
     states = [v for s in opt.state.values() for v in s.values() if hasattr(v, "shape")]
     assert states and all(dt.backend.is_cupy(v) for v in states)
     assert all(dt.backend.is_cupy(p.data) for p in model.parameters())
+
+
+def test_broadcast_views_are_never_written():
+    """CuPy's broadcast views (shared tangents, bias-only tangents) are writable: a write into one
+    would change every sample at once. The same step on both backends must agree, and the shared
+    tangents must come out unchanged."""
+    from dualtensor import nn
+    from dualtensor.nn import functional as F
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((6, 1, 8, 8)), np.arange(6) % 10
+    k, results = 3, []
+    for to in (np.asarray, gpu):
+        dt.set_default_dtype("float64")
+        try:
+            nn.init.manual_seed(0)
+            model = dt.nn.models.mlp(64, width=16, depth=2)
+        finally:
+            dt.set_default_dtype("float32")
+        if to is gpu:
+            model.to("gpu")
+        sizes = model.activation_sizes((1, 8, 8))
+        one = rng.standard_normal((k, 1, sum(sizes))) if not results else results[0][2]
+        V = (np if to is np.asarray else cupy).broadcast_to(to(one), (k, 6, sum(sizes)))  # shared by all samples
+        before = to_host(V).copy()
+        res = dt.activity_gradient(model, lambda lg, t: F.cross_entropy(lg, t, reduction="none"), to(x), to(y),
+                                   tangents=V)
+        np.testing.assert_array_equal(to_host(V), before)
+        results.append(({n: to_host(g) for n, g in res.grads.items()}, to_host(res.d), one))
+    for name in results[0][0]:
+        np.testing.assert_allclose(results[1][0][name], results[0][0][name], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-10, atol=1e-12)
+    # a bias-only tangent of layer_norm is returned as a broadcast view; using it downstream is safe
+    xs = to_host(gpu(rng.standard_normal((4, 5))))
+    w, b = np.ones(5), np.zeros(5)
+    for to in (np.asarray, gpu):
+        tb = to(rng.standard_normal((2, 5)))
+        out = dt.layer_norm(to(xs), (5,), to(w), dt.dual(to(b), tb))
+        out2 = out * 2.0 + out
+        np.testing.assert_allclose(to_host(out2.tangent), 3 * np.broadcast_to(to_host(tb)[:, None], (2, 4, 5)))
+
+
+def test_dropout_draws_on_the_device_and_recompute_refuses_what_it_cannot_replay():
+    from dualtensor import nn
+    from dualtensor.nn import functional as F
+
+    import dualtensor.train as T
+
+    config = T.TrainConfig(device="gpu", width=8, depth=1).resolved()
+    model = T.build_model(config, (1, 8, 8), 10)
+    model.blocks()[0].append(nn.Dropout(0.5))
+    streams = T.RandomStreams(config, model)
+    drop = streams.dropout[0]
+    assert dt.backend.rng_module(drop.rng) is cupy and dt.backend.rng_module(streams.tangents) is cupy
+    model.to("gpu")
+    x = gpu(np.ones((4, 1, 8, 8), np.float32))
+    y = gpu(np.arange(4))
+    assert dt.backend.is_cupy(drop(x))  # the mask came from the device generator
+    loss = lambda lg, t: F.cross_entropy(lg, t, reduction="none")  # noqa: E731
+    dt.activity_gradient(model, loss, x, y, k=2, rng=streams.tangents, keep="tape")
+    with pytest.raises(ValueError, match="keep='tape'"):
+        dt.activity_gradient(model, loss, x, y, k=2, rng=streams.tangents, keep="recompute")

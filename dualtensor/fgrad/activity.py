@@ -64,6 +64,10 @@ def _snapshot(block: Any) -> list:
                 saved.append(("buf", m, name, b.copy()))
         rng = getattr(m, "rng", None)
         if rng is not None and hasattr(rng, "bit_generator"):
+            if not hasattr(rng.bit_generator, "state"):
+                raise ValueError(f"activity_gradient(keep='recompute'): {type(m).__name__} draws from a generator "
+                                 "whose state cannot be saved (CuPy's), so a re-run cannot repeat its masks; use "
+                                 "keep='tape'")
             saved.append(("rng", m, "rng", copy.deepcopy(rng.bit_generator.state)))
     return saved
 

@@ -159,7 +159,8 @@ def _cholesky_solve(G: Any, rhs: Any, xp: Any) -> tuple[Any, Any]:
 
 
 def _lstsq_projection(d: Any, V: Any, xp: Any, rcond: float) -> Any:
-    """Minimum-norm least squares g = V⁺ d via a (batched) thin SVD of V, in V's dtype.
+    """Minimum-norm least squares g = V⁺ d via a (batched) thin SVD of V, in V's dtype (the rare
+    fallback; CuPy's batched SVD loops over the samples, one cuSOLVER call each).
 
     V⁺ d = V⁺ V ∇f is exactly the projection onto the numerical row space of V, so rank-deficient
     tangents (k > n, repeated or parallel tangents) still give P_U ∇f. Singular values below

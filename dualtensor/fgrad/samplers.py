@@ -210,7 +210,9 @@ def orthonormal(k: int, shape: Any, rng: Any = None, *, dtype: Any = None, xp: t
     """k orthonormal tangents (unit length, mutually orthogonal) spanning a uniformly random subspace.
 
     The rows of Q from the QR factorisation of an (n, k) Gaussian block (signs fixed so the
-    distribution is Haar). Requires ``k <= n`` (``ValueError`` otherwise).
+    distribution is Haar). Requires ``k <= n`` (``ValueError`` otherwise). With per-sample tangents
+    CuPy factorises the B blocks one cuSOLVER call at a time (its batched QR loops over the batch),
+    so on a GPU this sampler costs B small calls per step; ``shared=True`` needs one.
     """
     return _draw(_orthonormal_core, k, shape, rng, dtype, xp, batch, shared)
 

@@ -11,12 +11,12 @@ forward gradients by forward-mode AD) or ``simulated`` (the same estimator compu
 gradient); ``perturb`` chooses activity perturbation (tangents at every block output) or weight
 perturbation (one global tangent over all parameters).
 
-Reproducibility: the model is initialised from ``seed``; the batch order of an epoch depends only
-on ``(seed, epoch)``; the tangent generator and every dropout generator are seeded from ``seed``
-and saved in each checkpoint with the optimizer and schedule state, so a resumed run repeats the
-uninterrupted run bit for bit.
+Reproducibility: the model is initialised from ``seed``; the batch order, the tangents and the
+dropout masks of an epoch depend only on ``(seed, epoch)`` (:class:`RandomStreams`), and each
+checkpoint holds the optimizer and schedule state, so a resumed run repeats the uninterrupted run
+bit for bit.
 """
-from .build import build_model, build_optimizer, build_schedule, tangent_generator
+from .build import RandomStreams, build_model, build_optimizer, build_schedule, tangent_generator
 from .callbacks import (Callback, Checkpointer, EarlyStopping, EpochLog, Every, FiniteCheck, MetricsWriter, Plotter,
                         ProgressBar)
 from .config import CHOICES, DEFAULT_LR, MODEL_OPTIONS, RESUME_MUTABLE, ConfigError, TrainConfig
@@ -34,6 +34,7 @@ __all__ = [
     "TrainingDiverged", "RunInterrupted", "RunDir", "RunDirError", "RUN_FILES", "CHOICES", "DEFAULT_LR",
     "MODEL_OPTIONS", "RESUME_MUTABLE", "EXIT_OK", "EXIT_USAGE", "EXIT_DIVERGED", "exit_status", "train_epoch",
     "evaluate", "EpochStats", "make_step", "StepOutput", "build_model", "build_optimizer", "build_schedule",
-    "tangent_generator", "load_data", "Callback", "Every", "FiniteCheck", "EarlyStopping", "MetricsWriter",
-    "Checkpointer", "ProgressBar", "EpochLog", "Plotter", "default_callbacks", "interrupt_on_signals", "deferred",
+    "tangent_generator", "RandomStreams", "load_data", "Callback", "Every", "FiniteCheck", "EarlyStopping",
+    "MetricsWriter", "Checkpointer", "ProgressBar", "EpochLog", "Plotter", "default_callbacks",
+    "interrupt_on_signals", "deferred",
 ]

@@ -1,24 +1,20 @@
 """The objects of a run, built from its configuration: model, optimizer, schedule, generators."""
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
-from ..checkpoint import generator_state, set_generator_state
 from .config import EXP_GAMMA, STEP_EVERY_FRACTION, STEP_GAMMA, ConfigError, TrainConfig
 
 __all__ = ["build_model", "build_optimizer", "build_schedule", "tangent_generator", "dropout_modules",
-           "rng_state", "restore_rng", "model_blocks"]
+           "RandomStreams", "model_blocks"]
 
-_TANGENT_STREAM = (0, 1)   # tangent generator: default_rng([seed, 0, 1])
-_DROPOUT_STREAM = (0, 2)   # dropout generator i: default_rng([seed, 0, 2, i])
+_TANGENT_STREAM = (0, 1)   # tangents of epoch e: default_rng([seed, 0, 1, e])
+_DROPOUT_STREAM = (0, 2)   # dropout module i in epoch e: default_rng([seed, 0, 2, i, e])
 
 
 def build_model(config: TrainConfig, input_shape: tuple[int, ...], classes: int) -> Any:
     """The configured network (a :meth:`TrainConfig.resolved` configuration), initialised from
-    ``config.seed`` in ``config.dtype`` on the CPU; its dropout generators are seeded too."""
+    ``config.seed`` in ``config.dtype`` on the CPU (:class:`RandomStreams` seeds its dropout)."""
     from .. import nn
     from ..backend import set_default_dtype
     from ..nn import models
@@ -33,8 +29,6 @@ def build_model(config: TrainConfig, input_shape: tuple[int, ...], classes: int)
     else:
         model = models.vit(image_size=h, patch_size=config.patch_size, in_channels=c, classes=classes,
                            dim=config.width, depth=config.depth, heads=config.heads, mlp_dim=config.mlp_dim)
-    for i, (_, m) in enumerate(dropout_modules(model)):
-        m.rng = np.random.default_rng([config.seed, *_DROPOUT_STREAM, i])
     return model
 
 
@@ -74,32 +68,40 @@ def build_schedule(config: TrainConfig, optimizer: Any) -> Any:
         raise ConfigError(f"--schedule {config.schedule}: {e}") from None
 
 
-def tangent_generator(config: TrainConfig) -> np.random.Generator:
-    """The generator of every tangent the run draws, seeded from ``config.seed``."""
-    return np.random.default_rng([config.seed, *_TANGENT_STREAM])
+def tangent_generator(config: TrainConfig, epoch: int = 1) -> Any:
+    """The generator of the tangents of ``epoch``, on the run's device, seeded by ``(seed, epoch)``."""
+    from ..backend import array_module, default_rng
+
+    return default_rng([config.seed, *_TANGENT_STREAM, epoch], array_module(config.device))
 
 
 def dropout_modules(model: Any) -> list[tuple[str, Any]]:
-    """Modules holding their own NumPy generator (dropout), in a fixed order."""
-    return [(name, m) for name, m in model.named_modules()
-            if isinstance(getattr(m, "rng", None), np.random.Generator)]
+    """Modules holding their own random generator (dropout), in a fixed order."""
+    from ..backend import rng_module
+
+    return [(name, m) for name, m in model.named_modules() if rng_module(getattr(m, "rng", None)) is not None]
 
 
-def rng_state(tangent_rng: np.random.Generator, model: Any) -> dict:
-    """The states of the tangent generator and of every dropout generator (JSON-able)."""
-    return {"tangent": generator_state(tangent_rng),
-            "dropout": {name: generator_state(m.rng) for name, m in dropout_modules(model)}}
+class RandomStreams:
+    """The run's random numbers, drawn on its device: the tangents and every dropout module's masks
+    come from generators seeded by ``(seed, epoch)`` and made afresh when an epoch starts.
 
+    Nothing about them needs saving: a run resumed at an epoch boundary draws exactly what the
+    uninterrupted run drew (CuPy's generators cannot save their state at all), and a GPU seeds one
+    generator per epoch instead of one per step.
+    """
 
-def restore_rng(state: Mapping, tangent_rng: np.random.Generator, model: Any) -> None:
-    """Restore :func:`rng_state`; raises :class:`dualtensor.checkpoint.CheckpointError` on a mismatch."""
-    from ..checkpoint import CheckpointError
+    def __init__(self, config: TrainConfig, model: Any):
+        self.config, self.model = config, model
+        self.dropout = [m for _, m in dropout_modules(model)]
+        self.tangents: Any = None
+        self.start_epoch(1)
 
-    saved = state.get("dropout", {})
-    mods = dict(dropout_modules(model))
-    if not isinstance(saved, Mapping) or set(saved) != set(mods):
-        raise CheckpointError(f"rng_state: dropout generators {sorted(saved) if isinstance(saved, Mapping) else saved}"
-                              f" do not match the model's {sorted(mods)}")
-    set_generator_state(tangent_rng, state.get("tangent"), "rng_state.tangent")
-    for name, s in saved.items():
-        set_generator_state(mods[name].rng, s, f"rng_state.dropout.{name}")
+    def start_epoch(self, epoch: int) -> None:
+        """Seed the generators of ``epoch`` (1-based)."""
+        from ..backend import array_module, default_rng
+
+        xp = array_module(self.config.device)
+        self.tangents = tangent_generator(self.config, epoch)
+        for i, m in enumerate(self.dropout):
+            m.rng = default_rng([self.config.seed, *_DROPOUT_STREAM, i, epoch], xp)

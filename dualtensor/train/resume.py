@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..checkpoint import Checkpoint, CheckpointError, check_arrays, load_checkpoint, read_config
 from ..metrics import clean_json
-from .build import restore_rng
 from .config import RESUME_MUTABLE, ConfigError, TrainConfig, option, schedule_depends_on_epochs
 from .rundir import RunDir
 from .state import TrainState
@@ -90,7 +89,6 @@ def restore(run: "Run", ckpt: Checkpoint) -> None:
                 check=lambda s: _check_optimizer_arrays(s, [p.data for p in run.model.parameters()], where))
     _load_state(ckpt.scheduler_state, run.scheduler, "schedule", where)
     try:
-        restore_rng(ckpt.rng_state, run.tangent_rng, run.model)
         run.state = TrainState.from_dict(ckpt.train_state, ckpt.epoch)
     except CheckpointError as e:
         raise CheckpointError(f"{where}: {e}") from None

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..checkpoint import Checkpoint, checkpoint_arrays, write_npz
 from ..metrics import clean_json
-from .build import build_model, build_optimizer, build_schedule, model_blocks, rng_state, tangent_generator
+from .build import RandomStreams, build_model, build_optimizer, build_schedule, model_blocks
 from .callbacks import (Callback, Checkpointer, EarlyStopping, EpochLog, FiniteCheck, MetricsWriter, Plotter,
                         ProgressBar)
 from .config import ConfigError, TrainConfig
@@ -40,7 +40,7 @@ class Run:
     model: Any
     optimizer: Any
     scheduler: Any
-    tangent_rng: Any
+    streams: RandomStreams
     step: Step
     state: TrainState
     rundir: RunDir | None
@@ -96,7 +96,6 @@ class Run:
             best = self.best_weights if self.state.best_epoch not in (0, epoch) else None
         arrays = checkpoint_arrays(model=weights, optimizer=self.optimizer, scheduler=self.scheduler,
                                    epoch=epoch, config=self.config.to_dict(),
-                                   rng_state=rng_state(self.tangent_rng, self.model),
                                    train_state=self.state.to_dict(), best_state=best)
         path = self.rundir.write(name, lambda f: write_npz(f, arrays))
         if name == "last.npz":
@@ -227,6 +226,7 @@ def _execute(run: Run, callbacks: list[Callback]) -> FitResult:
         each("on_fit_start")
         while run.state.epoch < run.config.epochs and not run.stopping:
             epoch = run.state.epoch + 1
+            run.streams.start_epoch(epoch)
             each("on_epoch_start", epoch)
             lr = float(run.optimizer.param_groups[0]["lr"])
             stats = train_epoch(run.model, run.optimizer, run.step, run.batches(epoch),
@@ -290,11 +290,11 @@ def _prepare(config: TrainConfig, rundir: RunDir | None, ckpt: Checkpoint | None
         model.to(config.device)
     optimizer = build_optimizer(config, model)
     scheduler = build_schedule(config, optimizer)
-    rng = tangent_generator(config)
+    streams = RandomStreams(config, model)
     data = {name: (to_device(s.x, config.device), to_device(s.y, config.device))
             for name, s in (("train", splits.train), ("val", splits.val), ("test", splits.test))}
-    run = Run(config, splits, data, model, optimizer, scheduler, rng, make_step(model, config, rng), TrainState(),
-              rundir, started=started)
+    run = Run(config, splits, data, model, optimizer, scheduler, streams, make_step(model, config, streams),
+              TrainState(), rundir, started=started)
     if ckpt is not None:
         restore(run, ckpt)
     elif config.init_from is not None:

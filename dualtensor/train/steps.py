@@ -9,9 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import numpy as np
-
-from .build import model_blocks
+from .build import RandomStreams, model_blocks
 from .config import TrainConfig
 
 __all__ = ["StepOutput", "Step", "make_step"]
@@ -28,9 +26,10 @@ class StepOutput(NamedTuple):
 Step = Callable[[Any, Any], StepOutput]
 
 
-def make_step(model: Any, config: TrainConfig, tangent_rng: np.random.Generator) -> Step:
+def make_step(model: Any, config: TrainConfig, tangents: Any) -> Step:
     """The step of ``config.grad`` (backprop, forward, simulated) and ``config.perturb`` (activity,
-    weight) for ``model``; forward gradients draw their tangents from ``tangent_rng``."""
+    weight) for ``model``; forward gradients draw their tangents from ``tangents``: a generator, or
+    the run's :class:`RandomStreams` (whose generator of the current epoch is used)."""
     if config.grad == "backprop":
         return _backprop_step(model)
     from ..fgrad import get_sampler
@@ -39,7 +38,8 @@ def make_step(model: Any, config: TrainConfig, tangent_rng: np.random.Generator)
               {"L": config.tangent_length} if config.tangent_length is not None else {})
     sampler = get_sampler(config.tangents, **params)
     factory = _activity_step if config.perturb == "activity" else _weight_step
-    return factory(model, config, sampler, tangent_rng, simulated=config.grad == "simulated")
+    current = (lambda: tangents.tangents) if isinstance(tangents, RandomStreams) else (lambda: tangents)
+    return factory(model, config, sampler, current, simulated=config.grad == "simulated")
 
 
 def _parameters(model: Any) -> Callable[[], dict]:
@@ -83,7 +83,7 @@ def _activity_step(model: Any, config: TrainConfig, sampler: Any, rng: Any, *, s
             return F.cross_entropy(logits, target, reduction="none")
 
         res = activity_gradient(model, per_sample_loss, x, y, k=config.k, sampler=sampler,
-                                aggregate=config.aggregate, rng=rng, shared=config.shared_tangents,
+                                aggregate=config.aggregate, rng=rng(), shared=config.shared_tangents,
                                 simulated=simulated, keep=config.keep, blocks=blocks)
         return StepOutput(primal_of(res.loss), res.grads, primal_of(seen["logits"]))
 
@@ -108,7 +108,7 @@ def _weight_step(model: Any, config: TrainConfig, sampler: Any, rng: Any, *, sim
             return F.cross_entropy(logits, y, reduction="mean")
 
         loss, grads, _ = estimator(f, current(), config.k, sampler=sampler, aggregate=config.aggregate,
-                                   rng=rng, shared=config.shared_tangents)
+                                   rng=rng(), shared=config.shared_tangents)
         return StepOutput(primal_of(loss), grads, primal_of(seen["logits"]))
 
     return step
