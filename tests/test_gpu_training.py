@@ -136,3 +136,27 @@ def test_the_runtime_benchmark_runs_on_the_device():
     finally:
         sys.path.remove(bench)
     assert res["meta"]["environment"]["backend"] == "cupy" and res["runs"]
+
+
+def test_the_gpu_check_script_parses_and_its_commands_exist():
+    import re
+    import shlex
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "bench", "gpu_check.sh")
+    assert subprocess.run(["bash", "-n", script]).returncode == 0
+    text = open(script).read()
+    from dualtensor.__main__ import build_parser
+
+    train = re.search(r'part "train-\$model-\$grad" python -m dualtensor train (.*?)--overwrite', text, re.S).group(1)
+    args = shlex.split(train.replace("\\\n", " ").replace('"$model"', "mlp").replace('"$grad"', "forward")
+                       .replace('"$LOG/run-$model-$grad"', "x"))
+    build_parser().parse_args(["train", *args, "--overwrite"])  # every option exists
+    sys.path.insert(0, os.path.join(root, "bench"))
+    try:
+        import runtime
+        line = re.search(r"part runtime python bench/runtime.py (.*?)--json", text, re.S).group(1)
+        runtime.parse_args(shlex.split(line.replace("\\\n", " ")))
+    finally:
+        sys.path.pop(0)

@@ -43,7 +43,9 @@ def as_generator(rng: Any = None, xp: types.ModuleType | None = None) -> Any:
     """A ``Generator`` of array module ``xp`` from a seed, ``None`` or an existing generator.
 
     A NumPy generator asked for on CuPy seeds a fresh CuPy generator from it (and vice versa),
-    so a single seeded NumPy generator can drive GPU sampling reproducibly.
+    so a single seeded NumPy generator can drive GPU sampling reproducibly. Seeding a CuPy generator
+    sets up its whole bank of curand states, so to draw often on a GPU pass one CuPy generator
+    (``dualtensor.backend.default_rng(seed, cupy)``), as training does once per epoch.
     """
     xp = xp or _module_of_rng(rng) or np
     if xp is np:
