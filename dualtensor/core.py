@@ -9,7 +9,10 @@ A primitive is defined by its primal ``impl`` and rules written against ``xp``:
   per-argument maps ``vjps[i](g, ans, *args, **params)``, called only where a gradient is needed.
 
 With ``elementwise=True`` inputs broadcast NumPy-style: tangents are lifted to the output rank
-(k stays in front), and cotangents are summed back to each input's shape.
+(k stays in front), and cotangents are summed back to each input's shape; the operands' dtypes
+combine by PyTorch's rule (:func:`result_dtype`), so a float32 array stays float32 next to a NumPy
+float64 scalar, a 0-d float64 array or an integer array. :func:`elementwise` declares such a
+primitive from its partial derivatives, once for both rules.
 With ``has_aux=True`` the impl returns ``(out, saved)``; rules receive that pair as ``ans`` (so
 they reuse primal intermediates) and the caller receives ``(out, saved)``.
 """
@@ -39,17 +42,65 @@ def sum_to(g: Any, shape: tuple) -> Any:
     return out.reshape(shape)
 
 
+_CATEGORY = {"b": 0, "u": 1, "i": 1, "f": 2, "c": 3}  # bool < integer < floating < complex
+
+
+def result_dtype(values: Sequence[Any]) -> np.dtype | None:
+    """The dtype PyTorch gives an elementwise operation on ``values`` (arrays, DualTensor primals,
+    NumPy or Python scalars): dimensioned arrays decide; a 0-d array or NumPy scalar counts only
+    when its category (bool < integer < floating < complex) is higher, a Python number only when its
+    category is higher still (then the default float dtype). None when nothing has a dtype."""
+    from .backend import get_default_dtype
+
+    ranks: list[list[np.dtype]] = [[], [], []]  # dimensioned, 0-d, Python numbers
+    for v in values:
+        if v is None:
+            continue
+        if type(v) in (bool, int, float, complex):  # Python numbers (np.float64 subclasses float)
+            ranks[2].append(np.dtype(bool if isinstance(v, bool) else int if isinstance(v, int) else
+                                     get_default_dtype() if isinstance(v, float) else np.complex64))
+        elif hasattr(v, "dtype"):
+            ranks[0 if getattr(v, "ndim", 0) > 0 else 1].append(np.dtype(v.dtype))
+    out, category = None, -1
+    for group in ranks:
+        top = max((_CATEGORY[d.kind] for d in group), default=-1)
+        if top > category:
+            out, category = np.result_type(*[d for d in group if _CATEGORY[d.kind] == top]), top
+    return out
+
+
+def _promote(prim: "Primitive", args: list) -> list:
+    values = [a.primal if type(a) is DualTensor else a.value if type(a) is Traced else a for a in args]
+    dtype = result_dtype([v for i, v in enumerate(values) if i in prim.promoted(len(values))])
+    if dtype is None:
+        return args
+    out = list(args)
+    for i in prim.promoted(len(args)):
+        a = out[i]
+        if type(a) in (DualTensor, Traced) or a is None or getattr(a, "dtype", dtype) == dtype:
+            continue  # differentiable operands already have their own dtype; NumPy promotes them
+        out[i] = a.astype(dtype) if hasattr(a, "astype") else dtype.type(a)
+    return out
+
+
 class Primitive:
-    """A differentiable operation with a primal impl and JVP/VJP rules."""
+    """A differentiable operation with a primal impl and JVP/VJP rules (see the module docstring).
+    ``promote``: the argument indices whose dtypes combine for an elementwise primitive (default:
+    all of them)."""
 
     def __init__(self, name: str, impl: Callable, *, jvp: Callable | None = None,
                  jvps: Sequence[Callable | None] | None = None, vjp: Callable | None = None,
                  vjps: Sequence[Callable | None] | None = None, elementwise: bool = False,
-                 has_aux: bool = False, nondiff: Sequence[int] = ()):
+                 has_aux: bool = False, nondiff: Sequence[int] = (), promote: Sequence[int] | None = None):
         self.name, self.impl = name, impl
         self.jvp_rule, self.jvps = jvp, jvps
         self.vjp_rule, self.vjps = vjp, vjps
         self.elementwise, self.has_aux, self.nondiff = elementwise, has_aux, frozenset(nondiff)
+        self._promote = None if promote is None else tuple(promote)
+
+    def promoted(self, n: int) -> Sequence[int]:
+        """The indices of the ``n`` arguments whose dtypes combine."""
+        return range(n) if self._promote is None else self._promote
 
     def __call__(self, *args: Any, **params: Any) -> Any:
         return bind(self, args, params)
@@ -86,6 +137,8 @@ def _classify(prim: Primitive, args: tuple) -> tuple[list, int]:
 def bind(prim: Primitive, args: tuple, params: dict) -> Any:
     """Apply ``prim`` to ``args``, propagating tangents or recording on the tape as needed."""
     args, mode = _classify(prim, args)
+    if prim.elementwise:
+        args = _promote(prim, args)
     if mode == 0:
         return prim.impl(*args, **params)
     if mode == 2:
@@ -147,6 +200,38 @@ def _bind_traced(prim: Primitive, args: list, params: dict) -> Any:
     parents = tuple((i, a) for i, a in enumerate(args) if type(a) is Traced)
     res = Traced(out, Node(prim, values, params, ans, parents))
     return (res, ans[1]) if prim.has_aux else res
+
+
+def elementwise(name: str, impl: Callable, partials: Sequence[Any], *, nondiff: Sequence[int] = (),
+                promote: Sequence[int] | None = None) -> Primitive:
+    """An elementwise primitive from its partial derivatives, each declared once for both rules.
+
+    ``partials[i]`` gives ∂out/∂x_i: a function ``(ans, *args, **params)``, or the constant 1 or -1,
+    or None for a constant argument. The JVP multiplies it into the tangent and the VJP into the
+    cotangent (for a select such as ``where``, pass ``linear=True`` maps instead: see :func:`linear`).
+    """
+    rules = [_partial_rule(d) for d in partials]
+    return Primitive(name, impl, elementwise=True, jvps=rules, vjps=rules, nondiff=nondiff, promote=promote)
+
+
+class linear:
+    """Mark an elementwise partial that is not a factor but a linear map ``(v, ans, *args)`` applied
+    to the tangent and cotangent alike (``where``'s selection)."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+
+def _partial_rule(d: Any) -> Callable | None:
+    if d is None:
+        return None
+    if isinstance(d, linear):
+        return d.fn
+    if d == 1 and not callable(d):
+        return lambda v, ans, *args, **params: v
+    if d == -1 and not callable(d):
+        return lambda v, ans, *args, **params: -v
+    return lambda v, ans, *args, **params: v * d(ans, *args, **params)
 
 
 def vjp_of_node(node: Node, g: Any) -> list[tuple[Any, Any]]:

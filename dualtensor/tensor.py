@@ -156,6 +156,9 @@ class DualTensor(_TensorOps):
                 if tangent.dtype.kind not in "fiu":
                     raise TypeError(f"DualTensor: tangent dtype {tangent.dtype} is not numeric")
                 tangent = tangent.astype(primal.dtype)
+        if (tangent.k if isinstance(tangent, Zero) else tangent.shape[0]) < 1:
+            raise ValueError(f"DualTensor: k = 0 tangents for primal shape {primal.shape}; a DualTensor carries "
+                             "at least one tangent (k >= 1)")
         self.primal = primal
         self.tangent = tangent
         self.trace = None  # a Traced twin when the primal is also recorded on a reverse-mode tape

@@ -100,3 +100,47 @@ def test_float32_gelu_matches_float64():
     assert (out[x < 0] <= 0).all() and (out[x > 0] >= 0).all()  # erf stays within [-1, 1]
     assert dt.gelu(np.full((2, 0), 1, np.float32)).shape == (2, 0)
     assert np.isnan(dt.gelu(np.array([np.nan], np.float32))).all()
+
+
+# ------------------------------------------------------------------------------------------ edge cases (issue 10)
+
+def test_sigmoid_is_accurate_far_out():
+    assert float(dt.sigmoid(np.float32(-20))) == pytest.approx(2.0611537e-09, rel=1e-6)
+    assert float(dt.sigmoid(np.array(-30.0))) == pytest.approx(9.357622968840175e-14, rel=1e-14)
+    assert float(dt.log(dt.sigmoid(np.array(-40.0)))) == pytest.approx(-40.0, rel=1e-15)
+    assert float(dt.sigmoid(np.float32(30))) == 1.0 and float(dt.sigmoid(np.array(-800.0))) == 0.0
+    x = dt.dual(np.array([-40.0, 0.0, 40.0]), np.ones((1, 3)))
+    np.testing.assert_allclose(dt.sigmoid(x).tangent[0], [4.248354255291589e-18, 0.25, 4.248354255291589e-18],
+                               rtol=1e-12)
+
+
+def test_power_zero_has_zero_derivative_at_zero():
+    x = dt.dual(np.array([0.0, 2.0]), np.ones((1, 2)))
+    out = x ** 0
+    np.testing.assert_array_equal(out.primal, [1.0, 1.0])
+    np.testing.assert_array_equal(out.tangent, [[0.0, 0.0]])
+    _, g = dt.value_and_grad(lambda a: (a ** 0.0).sum())(np.array([0.0, 3.0]))
+    np.testing.assert_array_equal(g, [0.0, 0.0])
+
+
+@pytest.mark.parametrize("other, expect", [
+    (np.float64(2.0), np.float32), (np.array(2.0), np.float32), (np.arange(3), np.float32),
+    (2.0, np.float32), (np.ones(3, np.float64), np.float64), (np.ones(3, np.float16), np.float32),
+])
+def test_dtypes_combine_as_in_pytorch(other, expect):
+    """Dimensioned arrays decide; 0-d arrays, NumPy scalars and integer arrays do not pull a float32
+    operand up to float64 (NumPy's rule would)."""
+    x = dt.dual(np.ones(3, np.float32), np.ones((2, 3), np.float32))
+    for out in (x * other, other + x, dt.maximum(x, other)):
+        assert out.primal.dtype == expect and out.tangent.dtype == expect
+    assert dt.multiply(np.ones(3, np.float32), other).dtype == expect  # plain arrays: the same rule
+    assert dt.multiply(np.arange(3), 2.5).dtype == dt.get_default_dtype()  # a Python float: the default
+
+
+def test_zero_tangents_are_refused_where_a_dual_tensor_is_made():
+    with pytest.raises(ValueError, match="k = 0"):
+        dt.dual(np.ones(3), np.ones((0, 3)))
+    with pytest.raises(ValueError, match="k = 0"):
+        dt.DualTensor(np.ones(3), None, k=0)
+    with pytest.raises(ValueError, match="k = 0"):
+        dt.jvp(lambda a: a * 2, (np.ones(3),), (np.ones((0, 3)),))

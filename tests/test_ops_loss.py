@@ -225,3 +225,15 @@ def test_errors(xp):
         dt.mse_loss(x, make(xp, (3,), 2))
     with pytest.raises(ValueError, match="mse_loss: reduction must be"):
         dt.mse_loss(x, x, reduction="batchmean")
+
+
+def test_cross_entropy_is_finite_with_a_minus_infinite_non_target_logit():
+    logits = np.array([[0.0, -np.inf, 1.0], [2.0, 0.5, -np.inf]])
+    y = np.array([0, 1])
+    loss = dt.nn.functional.cross_entropy(logits, y)
+    expect = np.mean([np.log(1 + np.e), -0.5 + np.log(np.exp(2.0) + np.exp(0.5))])
+    assert np.isfinite(loss) and float(loss) == pytest.approx(expect, rel=1e-14)
+    t = np.ones((1, *logits.shape))
+    t[:, np.isinf(logits)] = 0
+    out = dt.nn.functional.cross_entropy(dt.dual(logits, t), y)
+    assert np.all(np.isfinite(out.tangent))

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import get_xp as _xp, special
-from ..core import Primitive
+from ..core import elementwise, linear
 
 __all__ = ["add", "subtract", "multiply", "divide", "power", "negative", "abs", "square", "exp", "log",
            "sqrt", "tanh", "sigmoid", "relu", "gelu", "maximum", "minimum", "clip", "where"]
@@ -18,9 +18,7 @@ def add(x: Any, y: Any) -> Any:
     return _add(x, y)
 
 
-_add = Primitive("add", lambda x, y: x + y, elementwise=True,
-                 jvps=[lambda t, ans, x, y: t, lambda t, ans, x, y: t],
-                 vjps=[lambda g, ans, x, y: g, lambda g, ans, x, y: g])
+_add = elementwise("add", lambda x, y: x + y, [1, 1])
 
 
 def subtract(x: Any, y: Any) -> Any:
@@ -28,9 +26,7 @@ def subtract(x: Any, y: Any) -> Any:
     return _subtract(x, y)
 
 
-_subtract = Primitive("subtract", lambda x, y: x - y, elementwise=True,
-                      jvps=[lambda t, ans, x, y: t, lambda t, ans, x, y: -t],
-                      vjps=[lambda g, ans, x, y: g, lambda g, ans, x, y: -g])
+_subtract = elementwise("subtract", lambda x, y: x - y, [1, -1])
 
 
 def multiply(x: Any, y: Any) -> Any:
@@ -38,9 +34,7 @@ def multiply(x: Any, y: Any) -> Any:
     return _multiply(x, y)
 
 
-_multiply = Primitive("multiply", lambda x, y: x * y, elementwise=True,
-                      jvps=[lambda t, ans, x, y: t * y, lambda t, ans, x, y: t * x],
-                      vjps=[lambda g, ans, x, y: g * y, lambda g, ans, x, y: g * x])
+_multiply = elementwise("multiply", lambda x, y: x * y, [lambda ans, x, y: y, lambda ans, x, y: x])
 
 
 def divide(x: Any, y: Any) -> Any:
@@ -48,9 +42,7 @@ def divide(x: Any, y: Any) -> Any:
     return _divide(x, y)
 
 
-_divide = Primitive("divide", lambda x, y: x / y, elementwise=True,
-                    jvps=[lambda t, ans, x, y: t / y, lambda t, ans, x, y: -t * (ans / y)],
-                    vjps=[lambda g, ans, x, y: g / y, lambda g, ans, x, y: -g * ans / y])
+_divide = elementwise("divide", lambda x, y: x / y, [lambda ans, x, y: 1 / y, lambda ans, x, y: -(ans / y)])
 
 
 def power(x: Any, y: Any) -> Any:
@@ -59,7 +51,9 @@ def power(x: Any, y: Any) -> Any:
 
 
 def _dpow_dx(x, y):
-    return y * x ** (y - 1)
+    # y x^(y-1), taken as 0 where y == 0 (x**0 is constant; 0 * 0**-1 would be NaN at x = 0)
+    xp = _xp(x, y)
+    return xp.where(y == 0, 0, y * x ** xp.where(y == 0, 1, y - 1))
 
 
 def _dpow_dy(ans, x):
@@ -68,9 +62,7 @@ def _dpow_dy(ans, x):
     return xp.where(x == 0, 0, ans * xp.log(xp.where(x == 0, 1, x)))
 
 
-_power = Primitive("power", lambda x, y: x ** y, elementwise=True,
-                   jvps=[lambda t, ans, x, y: t * _dpow_dx(x, y), lambda t, ans, x, y: t * _dpow_dy(ans, x)],
-                   vjps=[lambda g, ans, x, y: g * _dpow_dx(x, y), lambda g, ans, x, y: g * _dpow_dy(ans, x)])
+_power = elementwise("power", lambda x, y: x ** y, [lambda ans, x, y: _dpow_dx(x, y), lambda ans, x, y: _dpow_dy(ans, x)])
 
 
 def negative(x: Any) -> Any:
@@ -78,8 +70,7 @@ def negative(x: Any) -> Any:
     return _negative(x)
 
 
-_negative = Primitive("negative", lambda x: -x, elementwise=True,
-                      jvps=[lambda t, ans, x: -t], vjps=[lambda g, ans, x: -g])
+_negative = elementwise("negative", lambda x: -x, [-1])
 
 
 def abs(x: Any) -> Any:
@@ -87,8 +78,7 @@ def abs(x: Any) -> Any:
     return _abs(x)
 
 
-_abs = Primitive("abs", lambda x: _xp(x).abs(x), elementwise=True,
-                 jvps=[lambda t, ans, x: t * _xp(x).sign(x)], vjps=[lambda g, ans, x: g * _xp(x).sign(x)])
+_abs = elementwise("abs", lambda x: _xp(x).abs(x), [lambda ans, x: _xp(x).sign(x)])
 
 
 def square(x: Any) -> Any:
@@ -96,8 +86,7 @@ def square(x: Any) -> Any:
     return _square(x)
 
 
-_square = Primitive("square", lambda x: x * x, elementwise=True,
-                    jvps=[lambda t, ans, x: t * (2 * x)], vjps=[lambda g, ans, x: g * (2 * x)])
+_square = elementwise("square", lambda x: x * x, [lambda ans, x: 2 * x])
 
 
 def exp(x: Any) -> Any:
@@ -105,8 +94,7 @@ def exp(x: Any) -> Any:
     return _exp(x)
 
 
-_exp = Primitive("exp", lambda x: _xp(x).exp(x), elementwise=True,
-                 jvps=[lambda t, ans, x: t * ans], vjps=[lambda g, ans, x: g * ans])
+_exp = elementwise("exp", lambda x: _xp(x).exp(x), [lambda ans, x: ans])
 
 
 def log(x: Any) -> Any:
@@ -114,8 +102,7 @@ def log(x: Any) -> Any:
     return _log(x)
 
 
-_log = Primitive("log", lambda x: _xp(x).log(x), elementwise=True,
-                 jvps=[lambda t, ans, x: t / x], vjps=[lambda g, ans, x: g / x])
+_log = elementwise("log", lambda x: _xp(x).log(x), [lambda ans, x: 1 / x])
 
 
 def sqrt(x: Any) -> Any:
@@ -123,8 +110,7 @@ def sqrt(x: Any) -> Any:
     return _sqrt(x)
 
 
-_sqrt = Primitive("sqrt", lambda x: _xp(x).sqrt(x), elementwise=True,
-                  jvps=[lambda t, ans, x: t * (0.5 / ans)], vjps=[lambda g, ans, x: g * (0.5 / ans)])
+_sqrt = elementwise("sqrt", lambda x: _xp(x).sqrt(x), [lambda ans, x: 0.5 / ans])
 
 
 def tanh(x: Any) -> Any:
@@ -132,14 +118,15 @@ def tanh(x: Any) -> Any:
     return _tanh(x)
 
 
-_tanh = Primitive("tanh", lambda x: _xp(x).tanh(x), elementwise=True,
-                  jvps=[lambda t, ans, x: t * (1 - ans * ans)], vjps=[lambda g, ans, x: g * (1 - ans * ans)])
+_tanh = elementwise("tanh", lambda x: _xp(x).tanh(x), [lambda ans, x: 1 - ans * ans])
 
 
 def _sigmoid_impl(x):
     xp = _xp(x)
-    # 0.5 * (1 + tanh(x/2)) is overflow-free in both directions
-    return 0.5 * (1 + xp.tanh(0.5 * x))
+    # with e = exp(-|x|) <= 1: 1/(1+e) for x >= 0 and e/(1+e) for x < 0; neither overflows, and the
+    # small values for very negative x keep their relative precision (no 1 - 1 + tiny cancellation)
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1, e) / (1 + e)
 
 
 def sigmoid(x: Any) -> Any:
@@ -147,17 +134,21 @@ def sigmoid(x: Any) -> Any:
     return _sigmoid(x)
 
 
-_sigmoid = Primitive("sigmoid", _sigmoid_impl, elementwise=True,
-                     jvps=[lambda t, ans, x: t * (ans * (1 - ans))], vjps=[lambda g, ans, x: g * (ans * (1 - ans))])
+def _dsigmoid(x):
+    e = _xp(x).exp(-_xp(x).abs(x))
+    return e / ((1 + e) * (1 + e))  # sigma(x) sigma(-x), without 1 - sigma(x) cancelling for large x
+
+
+_sigmoid = elementwise("sigmoid", _sigmoid_impl, [lambda ans, x: _dsigmoid(x)])
 
 
 def relu(x: Any) -> Any:
-    """max(x, 0) (derivative 0 at 0, as PyTorch)."""
+    """max(x, 0); derivative 1 for x > 0, else 0: 0 at 0 (as PyTorch) and 0 at NaN (the primal is NaN
+    there, so a NaN input still shows in the output)."""
     return _relu(x)
 
 
-_relu = Primitive("relu", lambda x: _xp(x).maximum(x, 0), elementwise=True,
-                  jvps=[lambda t, ans, x: t * (x > 0)], vjps=[lambda g, ans, x: g * (x > 0)])
+_relu = elementwise("relu", lambda x: _xp(x).maximum(x, 0), [lambda ans, x: x > 0])
 
 
 _SQRT_2_PI = math.sqrt(2.0 / math.pi)
@@ -238,9 +229,7 @@ def gelu(x: Any, approximate: str = "none") -> Any:
     return _gelu(x, approximate=approximate)
 
 
-_gelu = Primitive("gelu", _gelu_impl, elementwise=True,
-                  jvps=[lambda t, ans, x, approximate: t * _gelu_deriv(x, approximate)],
-                  vjps=[lambda g, ans, x, approximate: g * _gelu_deriv(x, approximate)])
+_gelu = elementwise("gelu", _gelu_impl, [lambda ans, x, approximate: _gelu_deriv(x, approximate)])
 
 
 def _pick(x, y):
@@ -253,9 +242,8 @@ def maximum(x: Any, y: Any) -> Any:
     return _maximum(x, y)
 
 
-_maximum = Primitive("maximum", lambda x, y: _xp(x, y).maximum(x, y), elementwise=True,
-                     jvps=[lambda t, ans, x, y: t * _pick(x, y), lambda t, ans, x, y: t * _pick(y, x)],
-                     vjps=[lambda g, ans, x, y: g * _pick(x, y), lambda g, ans, x, y: g * _pick(y, x)])
+_maximum = elementwise("maximum", lambda x, y: _xp(x, y).maximum(x, y),
+                       [lambda ans, x, y: _pick(x, y), lambda ans, x, y: _pick(y, x)])
 
 
 def minimum(x: Any, y: Any) -> Any:
@@ -263,9 +251,8 @@ def minimum(x: Any, y: Any) -> Any:
     return _minimum(x, y)
 
 
-_minimum = Primitive("minimum", lambda x, y: _xp(x, y).minimum(x, y), elementwise=True,
-                     jvps=[lambda t, ans, x, y: t * _pick(y, x), lambda t, ans, x, y: t * _pick(x, y)],
-                     vjps=[lambda g, ans, x, y: g * _pick(y, x), lambda g, ans, x, y: g * _pick(x, y)])
+_minimum = elementwise("minimum", lambda x, y: _xp(x, y).minimum(x, y),
+                       [lambda ans, x, y: _pick(y, x), lambda ans, x, y: _pick(x, y)])
 
 
 def _inside(x, lo, hi):
@@ -284,9 +271,8 @@ def clip(x: Any, lo: Any = None, hi: Any = None) -> Any:
     return _clip(x, lo, hi)
 
 
-_clip = Primitive("clip", lambda x, lo, hi: _xp(x).clip(x, lo, hi), elementwise=True, nondiff=(1, 2),
-                  jvps=[lambda t, ans, x, lo, hi: t * _inside(x, lo, hi)],
-                  vjps=[lambda g, ans, x, lo, hi: g * _inside(x, lo, hi)])
+_clip = elementwise("clip", lambda x, lo, hi: _xp(x).clip(x, lo, hi), [lambda ans, x, lo, hi: _inside(x, lo, hi)],
+                     nondiff=(1, 2))
 
 
 def where(cond: Any, x: Any, y: Any) -> Any:
@@ -294,6 +280,6 @@ def where(cond: Any, x: Any, y: Any) -> Any:
     return _where(cond, x, y)
 
 
-_where = Primitive("where", lambda c, x, y: _xp(c, x, y).where(c, x, y), elementwise=True, nondiff=(0,),
-                   jvps=[None, lambda t, ans, c, x, y: _xp(t).where(c, t, 0), lambda t, ans, c, x, y: _xp(t).where(c, 0, t)],
-                   vjps=[None, lambda g, ans, c, x, y: _xp(g).where(c, g, 0), lambda g, ans, c, x, y: _xp(g).where(c, 0, g)])
+_where = elementwise("where", lambda c, x, y: _xp(c, x, y).where(c, x, y),
+                     [None, linear(lambda v, ans, c, x, y: _xp(v).where(c, v, 0)),
+                      linear(lambda v, ans, c, x, y: _xp(v).where(c, 0, v))], nondiff=(0,), promote=(1, 2))

@@ -157,7 +157,7 @@ def _ce_impl(x, q, *, cax, reduction, denom):
     xp = _xp(x)
     z, e, se = _shifted(x, (cax,))
     z -= xp.log(se)  # log-probabilities, computed once
-    li = -(q * z).sum(axis=cax)
+    li = -(q * xp.where(q == 0, 0, z)).sum(axis=cax)  # a class of weight 0 adds 0, even at log p = -inf
     # G = d loss_i / d x = (sum_c q_c) p - q, with p = e / se; scaled by the reduction below
     e *= q.sum(axis=cax, keepdims=True) / se
     e -= q
