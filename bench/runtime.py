@@ -61,8 +61,8 @@ import dualtensor as dt  # noqa: E402
 from dualtensor import optim  # noqa: E402
 from dualtensor.allocator import heap_arrays  # noqa: E402
 from dualtensor.backend import array_module, set_default_dtype, synchronize  # noqa: E402
-from dualtensor.fgrad import activity as _activity  # noqa: E402
-from dualtensor.fgrad.activity import activity_gradient  # noqa: E402
+from dualtensor.core import observe  # noqa: E402
+from dualtensor.fgrad.activity import activity_gradient, activity_tangents  # noqa: E402
 from dualtensor.fgrad.aggregators import get_aggregator  # noqa: E402
 from dualtensor.fgrad.samplers import as_generator, get_sampler  # noqa: E402
 from dualtensor.fgrad.weight import flatten_params, forward_gradient, tangent_tree  # noqa: E402
@@ -269,14 +269,8 @@ class Case:
 
     def _activity_tangents(self, k: int, sampler: str, rng: Any) -> list:
         """Per-block (k, B, n_i) tangents, drawn exactly as activity_gradient draws them."""
-        draw = get_sampler(sampler)
-        gen = self.generator(rng)
-        B = self.batch
-        if getattr(draw, "func", draw) in _activity._IID:  # block by block, in block order
-            return [draw(k, (n_i,), gen, dtype=self.dtype, xp=self.xp, batch=B) for n_i in self.sizes]
-        V = draw(k, (sum(self.sizes),), gen, dtype=self.dtype, xp=self.xp, batch=B)
-        offs = np.cumsum([0] + self.sizes)
-        return [V[:, :, a:b] for a, b in zip(offs[:-1], offs[1:])]
+        return activity_tangents(sampler, k, self.sizes, self.generator(rng), dtype=self.dtype, xp=self.xp,
+                                 batch=self.batch)
 
     def _activity_pass(self, parts: list, i: int) -> Any:
         """Forward pass with tangent i alone injected at every block output; returns d_i of shape (1, B)."""
@@ -388,36 +382,26 @@ def _macs(name: str, args: tuple) -> tuple[int, bool]:
     return batch * a.shape[-2] * b.shape[-2] * (a.shape[-1] + args[2].shape[-1]), False
 
 
+_GEMM_LIKE = ("linear", "conv2d", "matmul", "scaled_dot_product_attention")
+
+
 def gemm_macs(case: Case) -> list[list[tuple[int, bool]]]:
     """Per block, the (multiply-adds, has-weight) of every GEMM-like primal call (linear, conv2d, matmul,
-    attention), from one plain forward pass of the case's batch (eval mode: no state changes)."""
-    from dualtensor.ops import attention as _att, conv as _conv, linalg as _lin
-
-    prims = [_lin._linear, _conv._conv2d, _lin._matmul, _att._sdpa]
-    saved = [p.impl for p in prims]
+    attention), from one plain forward pass of the case's batch (eval mode: no state changes), seen
+    through the primitives' observation hook."""
     calls: list[tuple[int, bool]] = []
 
-    def counting(prim: Any, impl: Callable) -> Callable:
-        def run(*args: Any, **params: Any) -> Any:
-            ans = impl(*args, **params)
-            out = ans[0] if prim.has_aux else ans
-            calls.append(_macs(prim.name, args + (out,)))
-            return ans
-        return run
+    def record(prim: Any, args: tuple, params: dict, ans: Any) -> None:
+        if prim.name in _GEMM_LIKE:
+            calls.append(_macs(prim.name, args + ((ans[0] if prim.has_aux else ans),)))
 
     per_block = []
-    try:
-        for p, impl in zip(prims, saved):
-            p.impl = counting(p, impl)
-        with eval_mode(case.blocks):
-            h = case.x
-            for b in case.blocks:
-                calls.clear()
-                h = _primal(b(h))
-                per_block.append(list(calls))
-    finally:
-        for p, impl in zip(prims, saved):
-            p.impl = impl
+    with eval_mode(case.blocks), observe(record):
+        h = case.x
+        for b in case.blocks:
+            calls.clear()
+            h = _primal(b(h))
+            per_block.append(list(calls))
     return per_block
 
 

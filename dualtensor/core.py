@@ -18,6 +18,8 @@ they reuse primal intermediates) and the caller receives ``(out, saved)``.
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -83,6 +85,30 @@ def _promote(prim: "Primitive", args: list) -> list:
     return out
 
 
+#: every primitive by name (a name belongs to one primitive)
+PRIMITIVES: dict[str, "Primitive"] = {}
+_observers: list[Callable] = []
+
+
+@contextlib.contextmanager
+def observe(callback: Callable[["Primitive", tuple, dict, Any], None]) -> Iterator[None]:
+    """Within the block, ``callback(prim, args, params, ans)`` runs after every primitive's primal
+    computation (plain, forward or reverse mode; ``args`` are the primal arrays, ``ans`` the impl's
+    result): e.g. to count the multiply-adds of a forward pass, or to list the operations it runs."""
+    _observers.append(callback)
+    try:
+        yield
+    finally:
+        _observers.remove(callback)
+
+
+def _impl(prim: "Primitive", args: Sequence[Any], params: dict) -> Any:
+    ans = prim.impl(*args, **params)
+    for callback in _observers:
+        callback(prim, tuple(args), params, ans)
+    return ans
+
+
 class Primitive:
     """A differentiable operation with a primal impl and JVP/VJP rules (see the module docstring).
     ``promote``: the argument indices whose dtypes combine for an elementwise primitive (default:
@@ -97,6 +123,9 @@ class Primitive:
         self.vjp_rule, self.vjps = vjp, vjps
         self.elementwise, self.has_aux, self.nondiff = elementwise, has_aux, frozenset(nondiff)
         self._promote = None if promote is None else tuple(promote)
+        if name in PRIMITIVES:
+            raise ValueError(f"Primitive: the name {name!r} is taken")
+        PRIMITIVES[name] = self
 
     def promoted(self, n: int) -> Sequence[int]:
         """The indices of the ``n`` arguments whose dtypes combine."""
@@ -140,7 +169,7 @@ def bind(prim: Primitive, args: tuple, params: dict) -> Any:
     if prim.elementwise:
         args = _promote(prim, args)
     if mode == 0:
-        return prim.impl(*args, **params)
+        return _impl(prim, args, params)
     if mode == 2:
         return _bind_traced(prim, args, params)
     return _bind_dual(prim, args, params)
@@ -157,7 +186,7 @@ def _bind_dual(prim: Primitive, args: list, params: dict) -> Any:
         raise ValueError(f"{prim.name}: operands carry different numbers of tangents ({shapes}); "
                          "all DualTensor inputs of one operation must share k")
     k = ks.pop()
-    ans = prim.impl(*primals, **params)
+    ans = _impl(prim, primals, params)
     out = ans[0] if prim.has_aux else ans
     tangents = [a.tangent if type(a) is DualTensor and type(a.tangent) is not Zero else None for a in args]
     if all(t is None for t in tangents):
@@ -195,7 +224,7 @@ def _bind_dual(prim: Primitive, args: list, params: dict) -> Any:
 def _bind_traced(prim: Primitive, args: list, params: dict) -> Any:
     values = [a.value if type(a) is Traced else a for a in args]
     get_xp(*values, op=prim.name)
-    ans = prim.impl(*values, **params)
+    ans = _impl(prim, values, params)
     out = ans[0] if prim.has_aux else ans
     parents = tuple((i, a) for i, a in enumerate(args) if type(a) is Traced)
     res = Traced(out, Node(prim, values, params, ans, parents))

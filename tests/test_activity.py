@@ -341,3 +341,16 @@ def test_paper_models_one_step(arch, shape):
         for pn in names:
             a, b = real.grads[pn], sim.grads[pn]
             np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * np.abs(b).max() + 1e-12, err_msg=pn)
+
+
+@pytest.mark.parametrize("sampler", ["normal", "rademacher", "orthonormal", "basis"])
+def test_activity_tangents_are_the_ones_activity_gradient_draws(sampler):
+    from dualtensor.fgrad.activity import activity_tangents, draws_per_block
+
+    model = dt.nn.models.mlp(64, width=16, depth=2)
+    x = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
+    y = np.arange(5) % 10
+    res = dt.activity_gradient(model, per_sample_ce, x, y, k=3, sampler=sampler, rng=7, return_estimate=True)
+    parts = activity_tangents(sampler, 3, res.sizes, np.random.default_rng(7), dtype=np.float32, xp=np, batch=5)
+    np.testing.assert_array_equal(np.concatenate(parts, axis=-1), res.tangents)
+    assert draws_per_block(sampler) == (sampler in ("normal", "rademacher"))

@@ -141,3 +141,21 @@ def test_comparisons_return_plain_arrays():
 def test_float_default_for_python_values():
     d = dt.dual([1, 2], np.ones((1, 2)))
     assert d.dtype == np.float32
+
+
+def test_observe_sees_every_primitive_in_every_mode_and_names_are_unique():
+    from dualtensor.core import PRIMITIVES, Primitive, observe
+
+    seen = []
+    x = np.ones((2, 3))
+    f = lambda a: dt.sum(dt.tanh(dt.matmul(a, np.ones((3, 2)))))  # noqa: E731
+    with observe(lambda prim, args, params, ans: seen.append(prim.name)):
+        f(x)
+        dt.jvp(f, (x,), (np.ones((1, 2, 3)),))
+        dt.value_and_grad(f)(x)
+    assert seen == ["matmul", "tanh", "sum"] * 3
+    f(x)
+    assert len(seen) == 9  # the observer is gone after the block
+    assert {"matmul", "tanh", "sum", "batch_norm_train", "batch_norm_eval"} <= set(PRIMITIVES)
+    with pytest.raises(ValueError, match="taken"):
+        Primitive("matmul", lambda a: a)

@@ -32,11 +32,32 @@ from . import samplers as _samplers
 from .aggregators import get_aggregator
 from .samplers import as_generator, get_sampler, validate_tangents
 
-__all__ = ["ActivityResult", "activity_gradient", "exact_activation_gradients", "activation_sizes"]
+__all__ = ["ActivityResult", "activity_gradient", "exact_activation_gradients", "activation_sizes",
+           "activity_tangents", "draws_per_block"]
 
-# i.i.d. samplers: drawing each block's slice separately is the same as drawing the whole vector,
-# so their tangents are drawn block by block during the forward pass (no size probe needed)
 _IID = {_samplers.normal, _samplers.rademacher}
+
+
+def draws_per_block(sampler: Any) -> bool:
+    """True for i.i.d. samplers (normal, rademacher): drawing each block's part separately is the same
+    as drawing the whole vector, so activity perturbation draws each block's (k, B, n_i) part as that
+    block's output appears, in block order (no pass to learn the sizes first). Other samplers draw
+    all (k, B, n) at once."""
+    draw = get_sampler(sampler)
+    return getattr(draw, "func", draw) in _IID
+
+
+def activity_tangents(sampler: Any, k: int, sizes: Sequence[int], rng: Any, *, dtype: Any, xp: Any, batch: int,
+                      shared: bool = False) -> list:
+    """The per-block tangent stacks ``(k, batch, n_i)`` that :func:`activity_gradient` draws from
+    ``rng`` for blocks whose per-sample output sizes are ``sizes``: the same numbers in the same
+    order (to reproduce its tangents, e.g. one tangent at a time)."""
+    draw = get_sampler(sampler)
+    if draws_per_block(draw):
+        return [draw(k, (n,), rng, dtype=dtype, xp=xp, batch=batch, shared=shared) for n in sizes]
+    V = draw(k, (sum(sizes),), rng, dtype=dtype, xp=xp, batch=batch, shared=shared)
+    offsets = np.cumsum([0, *sizes])
+    return [V[:, :, a:b] for a, b in zip(offsets[:-1], offsets[1:])]
 
 
 @dataclass
@@ -149,8 +170,7 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
     if V is None:
         draw = get_sampler(sampler)
         rng = as_generator(rng, xp)  # one generator for all blocks (a seed must not restart per block)
-        base = getattr(draw, "func", draw)
-        if base not in _IID:  # structured: draw the whole (k, B, n) at once
+        if not draws_per_block(draw):  # structured: draw the whole (k, B, n) at once (as activity_tangents)
             probe_sizes, dtype = probe_blocks(blocks, x)  # costs 1/B of a primal forward pass
             V = draw(k, (sum(probe_sizes),), rng, dtype=dtype, xp=xp, batch=B, shared=shared)
             draw = None

@@ -235,7 +235,7 @@ def _bn_vjp_b(g, ans, *args, eps):
     return g.sum(axis=_bn_axes(g.ndim))
 
 
-_batch_norm_train = Primitive("batch_norm", _bn_train_impl, jvp=_bn_train_jvp, has_aux=True,
+_batch_norm_train = Primitive("batch_norm_train", _bn_train_impl, jvp=_bn_train_jvp, has_aux=True,
                               vjps=[_bn_train_vjp_x, _bn_vjp_w, _bn_vjp_b])
 
 
@@ -263,6 +263,6 @@ def _bn_eval_jvp(tangents, ans, x, rm, rv, w, b, *, eps):
                                 tb if tb is None else _bn_lift(tb, x), x.shape)
 
 
-_batch_norm_eval = Primitive("batch_norm", _bn_eval_impl, jvp=_bn_eval_jvp, has_aux=True, nondiff=(1, 2),
+_batch_norm_eval = Primitive("batch_norm_eval", _bn_eval_impl, jvp=_bn_eval_jvp, has_aux=True, nondiff=(1, 2),
                              vjps=[lambda g, ans, *args, eps: g * ans[1][1], None, None, _bn_vjp_w, _bn_vjp_b])
 
