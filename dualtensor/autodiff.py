@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 from .backend import get_xp
 from .core import vjp_of_node
 from .pytree import flatten, unflatten
-from .tensor import DualTensor, Traced, _as_float_array
+from .tensor import DualTensor, Traced, _as_float_array, primal_of
 
 
 def _call(f: Callable, primals: Any, wrapped: Any) -> Any:
@@ -52,8 +52,9 @@ def jvp(f: Callable, primals: Any, tangents: Any, *, has_aux: bool = False) -> t
     return res + (aux,) if has_aux else res
 
 
-def _backward(outputs: Sequence[Traced], cotangents: Sequence[Any]) -> dict[int, Any]:
-    """Accumulate cotangents from ``outputs`` back through the tape; returns {traced id: cotangent}."""
+def backward(outputs: Sequence[Traced], cotangents: Sequence[Any]) -> dict[int, Any]:
+    """Accumulate cotangents from ``outputs`` (Traced values) back through their tape; returns
+    ``{traced id: cotangent}`` for every value reached (leaves included)."""
     # Collect reachable traced values; ids grow with creation, so descending id is a valid reverse order.
     seen: dict[int, Traced] = {}
     stack = list(outputs)
@@ -110,7 +111,7 @@ def vjp(f: Callable, *primals: Any, has_aux: bool = False) -> tuple[Any, Callabl
         for o, c in pairs:
             if tuple(c.shape) != o.shape:
                 raise ValueError(f"vjp: cotangent shape {tuple(c.shape)} does not match output shape {o.shape}")
-        got = _backward([o for o, _ in pairs], [c for _, c in pairs])
+        got = backward([o for o, _ in pairs], [c for _, c in pairs])
         res = []
         for tr, d in zip(leaves_per_arg, defs):
             res.append(unflatten(d, [got[t.id] if t.id in got else get_xp(t.value).zeros_like(t.value) for t in tr]))
@@ -149,16 +150,6 @@ def grad(f: Callable, argnums: int | Sequence[int] = 0) -> Callable:
     """Reverse-mode gradient of a scalar-valued ``f``."""
     vg = value_and_grad(f, argnums)
     return lambda *args: vg(*args)[1]
-
-
-def primal_of(x: Any) -> Any:
-    """The plain array inside a DualTensor/Traced value (constants pass through)."""
-    t = type(x)
-    if t is DualTensor:
-        return x.primal
-    if t is Traced:
-        return x.value
-    return primal_of(x.__dt_value__()) if hasattr(x, "__dt_value__") else x
 
 
 stop_gradient = primal_of

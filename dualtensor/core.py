@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .backend import get_xp
-from .tensor import DualTensor, Node, Traced, Zero, _describe
+from .tensor import DualTensor, Node, Traced, Zero, describe
 
 
 def lift(t: Any, ndim: int) -> Any:
@@ -159,7 +159,7 @@ def _classify(prim: Primitive, args: tuple) -> tuple[list, int]:
         else:
             continue
         if i in prim.nondiff and type(a) in (DualTensor, Traced):
-            raise TypeError(f"{prim.name}: argument {i} is not differentiable, got {_describe(a)}")
+            raise TypeError(f"{prim.name}: argument {i} is not differentiable, got {describe(a)}")
     return out, mode
 
 

@@ -15,7 +15,8 @@ from .backend import get_xp, is_cupy
 _ops: Any = None  # set by dualtensor.ops on import
 
 
-def _describe(a: Any) -> str:
+def describe(a: Any) -> str:
+    """``Type(shape=..., dtype=...)`` of a value, for error messages."""
     return f"{type(a).__name__}(shape={getattr(a, 'shape', ())}, dtype={getattr(a, 'dtype', type(a).__name__)})"
 
 
@@ -27,7 +28,7 @@ def _as_float_array(x: Any, what: str) -> Any:
             from .backend import get_default_dtype
             x = x.astype(get_default_dtype())
     if x.dtype.kind != "f":
-        raise TypeError(f"{what}: differentiable values must have a floating dtype, got {_describe(x)}; "
+        raise TypeError(f"{what}: differentiable values must have a floating dtype, got {describe(x)}; "
                         "cast integer/boolean data with .astype(float32/float64) or pass it as a constant")
     return x
 
@@ -48,7 +49,7 @@ class Zero:
         return f"Zero(k={self.k}, shape={self.shape}, dtype={self.dtype})"
 
 
-class _TensorOps:
+class TensorOps:
     """Operators and array-like methods shared by DualTensor and Traced."""
 
     __slots__ = ()
@@ -126,7 +127,7 @@ class _TensorOps:
     def clip(self, lo=None, hi=None): return _ops.clip(self, lo, hi)
 
 
-class DualTensor(_TensorOps):
+class DualTensor(TensorOps):
     """A primal array of shape S carried together with k tangents stacked as ``(k, *S)``.
 
     ``tangent`` may be the symbolic :class:`Zero`. Every operation computes the primal once
@@ -186,6 +187,16 @@ class DualTensor(_TensorOps):
         return f"DualTensor(shape={self.shape}, k={self.k}, dtype={self.dtype}, device={dev}{', tangent=Zero' if isinstance(self.tangent, Zero) else ''})"
 
 
+def primal_of(x: Any) -> Any:
+    """The plain array inside a DualTensor/Traced value (or a parameter holding one); constants pass through."""
+    t = type(x)
+    if t is DualTensor:
+        return x.primal
+    if t is Traced:
+        return x.value
+    return primal_of(x.__dt_value__()) if hasattr(x, "__dt_value__") else x
+
+
 def dual(x: Any, tangent: Any) -> DualTensor:
     """Make a DualTensor from a primal and a tangent stack of shape ``(k, *x.shape)``."""
     return DualTensor(x, tangent)
@@ -203,7 +214,7 @@ class Node:
         self.prim, self.args, self.params, self.ans, self.parents = prim, args, params, ans, parents
 
 
-class Traced(_TensorOps):
+class Traced(TensorOps):
     """A value recorded on the reverse-mode tape (used by ``value_and_grad``/``vjp``)."""
 
     __slots__ = ("value", "node", "id")

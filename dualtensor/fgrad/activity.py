@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..autodiff import _backward, vjp
+from ..autodiff import backward, vjp
 from ..backend import get_xp
 from ..nn.models.blocked import probe_blocks
 from ..tensor import DualTensor, Traced, Zero
@@ -76,29 +76,27 @@ def _block_params(block: Any) -> list[tuple[str, Any]]:
     return list(block.named_parameters())
 
 
-def _snapshot(block: Any) -> list:
+def _snapshot(block: Any) -> tuple[dict, list]:
     """Buffers and RNG states a re-run would change (batch-norm statistics, dropout masks)."""
-    saved = []
+    buffers = {name: b.copy() for name, b in block.named_buffers()}
+    rngs = []
     for m in block.modules():
-        for name, b in m._buffers.items():
-            if b is not None:
-                saved.append(("buf", m, name, b.copy()))
         rng = getattr(m, "rng", None)
         if rng is not None and hasattr(rng, "bit_generator"):
             if not hasattr(rng.bit_generator, "state"):
                 raise ValueError(f"activity_gradient(keep='recompute'): {type(m).__name__} draws from a generator "
                                  "whose state cannot be saved (CuPy's), so a re-run cannot repeat its masks; use "
                                  "keep='tape'")
-            saved.append(("rng", m, "rng", copy.deepcopy(rng.bit_generator.state)))
-    return saved
+            rngs.append((rng, copy.deepcopy(rng.bit_generator.state)))
+    return buffers, rngs
 
 
-def _restore(saved: list) -> None:
-    for kind, m, name, value in saved:
-        if kind == "buf":
-            m._buffers[name][...] = value
-        else:
-            m.rng.bit_generator.state = value
+def _restore(block: Any, saved: tuple[dict, list]) -> None:
+    buffers, rngs = saved
+    if buffers:
+        block.load_state_dict(buffers, strict=False)  # copied into the buffers in place
+    for rng, state in rngs:
+        rng.bit_generator.state = state
 
 
 def exact_activation_gradients(blocks: Sequence[Any], loss_fn: Callable, x: Any, y: Any,
@@ -235,10 +233,10 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
             return got[leaf.id] if leaf.id in got else xp.zeros_like(leaf.value)
 
         exact = [None] * len(blocks)
-        exact[-1] = grad_of(_backward([per_sample], [xp.ones_like(per_sample.value)]), sim_leaves[-1])
+        exact[-1] = grad_of(backward([per_sample], [xp.ones_like(per_sample.value)]), sim_leaves[-1])
         for i in range(len(blocks) - 1, 0, -1):
             tr = traces[i]
-            got = _backward([tr], [exact[i]]) if tr is not None else {}
+            got = backward([tr], [exact[i]]) if tr is not None else {}
             exact[i - 1] = grad_of(got, sim_leaves[i - 1])
         g_flat = xp.concatenate([e.reshape(B, -1) for e in exact], axis=1)
         d = xp.einsum("kbn,bn->kb", V, g_flat.astype(V.dtype, copy=False))
@@ -260,7 +258,7 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
                 outs.append(tr)
                 cots.append(cot[:, off:off + n_i].reshape(shape).astype(tr.value.dtype, copy=False))
             off += n_i
-        got = _backward(outs, cots) if outs else {}
+        got = backward(outs, cots) if outs else {}
         for lid, (name, p) in leaves.items():
             add(name, got[lid] if lid in got else xp.zeros_like(p.data))
     else:
@@ -271,7 +269,7 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
             if not params:
                 continue
             now = _snapshot(block)
-            _restore(saved)
+            _restore(block, saved)
             pnames = [n for n, _ in params]
 
             def run(*vals, block=block, inp=inp, pnames=pnames):
@@ -281,7 +279,7 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
             try:
                 out_value, fn = vjp(run, *[p.data for _, p in params])
             finally:
-                _restore(now)
+                _restore(block, now)
             for (n, p), g in zip(params, fn(c.astype(out_value.dtype, copy=False))):
                 add(names.get(id(p), n), g)
     return ActivityResult(loss, grads, d, sizes, est if return_estimate else None,

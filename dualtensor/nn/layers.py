@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..autodiff import primal_of
+from ..tensor import primal_of
 from . import functional as F
 from . import init
 from .module import Module, Parameter

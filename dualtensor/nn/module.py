@@ -12,12 +12,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..autodiff import primal_of
+from ..tensor import primal_of
 from ..backend import device_of, to_device
-from ..tensor import _TensorOps
+from ..tensor import TensorOps
 
 
-class Parameter(_TensorOps):
+class Parameter(TensorOps):
     """A trainable array: ``data`` (updated in place by optimizers) and ``grad``."""
 
     __slots__ = ("data", "grad", "_sub")

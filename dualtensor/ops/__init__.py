@@ -2,7 +2,7 @@
 import sys as _sys
 
 from .. import tensor as _tensor
-from ..autodiff import primal_of
+from ..tensor import primal_of
 from .attention import *  # noqa: F401,F403
 from .conv import *  # noqa: F401,F403
 from .dropout import *  # noqa: F401,F403

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..autodiff import primal_of as _primal_of
+from ..tensor import primal_of as _primal_of
 from ..backend import get_xp as _xp
 from ..core import Primitive, lift, sum_to
 
@@ -33,9 +33,9 @@ def _broadcast(*shapes):
         return None
 
 
-def _sdpa_impl(q, k, v, mask, *, scale, causal):
-    xp = _xp(q, k, v, mask)
-    s = xp.matmul(q, _mT(k))
+def _sdpa_impl(q, key, v, mask, *, scale, causal):
+    xp = _xp(q, key, v, mask)
+    s = xp.matmul(q, _mT(key))
     s *= scale
     masked = causal or mask is not None
     if causal:
@@ -65,14 +65,14 @@ def _sdpa_impl(q, k, v, mask, *, scale, causal):
     return xp.matmul(p, v), p
 
 
-def _sdpa_jvp(tangents, ans, q, k, v, mask, *, scale, causal):
+def _sdpa_jvp(tangents, ans, q, key, v, mask, *, scale, causal):
     out, p = ans
     tq, tk, tv, tm = tangents
     xp = _xp(out)
     nd = out.ndim  # data rank of the output (and of the attention weights)
     ds = None
     if tq is not None:  # tq kᵀ, primal broadcasting over the tangent axis: one batched matmul
-        ds = xp.matmul(lift(tq, nd), _mT(k))
+        ds = xp.matmul(lift(tq, nd), _mT(key))
     if tk is not None:
         term = xp.matmul(q, _mT(lift(tk, nd)))
         ds = term if ds is None else _acc(ds, term)
@@ -108,7 +108,7 @@ def _acc(a, b):
     return a + b
 
 
-def _sdpa_vjp(g, ans, q, k, v, mask, *, scale, causal):
+def _sdpa_vjp(g, ans, q, key, v, mask, *, scale, causal):
     out, p = ans
     xp = _xp(g)
     dv = sum_to(xp.matmul(_mT(p), g), v.shape)
@@ -118,10 +118,10 @@ def _sdpa_vjp(g, ans, q, k, v, mask, *, scale, causal):
     r = (p * dp).sum(axis=-1, keepdims=True)
     dp -= r
     dp *= p  # dS
-    dq = sum_to(xp.matmul(dp, k) * scale, q.shape)
-    dk = sum_to(xp.matmul(_mT(dp), q) * scale, k.shape)
+    dq = sum_to(xp.matmul(dp, key) * scale, q.shape)
+    dkey = sum_to(xp.matmul(_mT(dp), q) * scale, key.shape)
     dm = sum_to(dp, mask.shape) if mask is not None and mask.dtype != bool else None
-    return dq, dk, dv, dm
+    return dq, dkey, dv, dm
 
 
 _sdpa = Primitive("scaled_dot_product_attention", _sdpa_impl, jvp=_sdpa_jvp, vjp=_sdpa_vjp, has_aux=True)
@@ -131,22 +131,22 @@ def scaled_dot_product_attention(query: Any, key: Any, value: Any, attn_mask: An
                                  is_causal: bool = False, scale: float | None = None) -> Any:
     """softmax(q kᵀ·scale + mask) v over (..., L, E), (..., S, E), (..., S, Ev) with broadcast batch axes (torch)."""
     name = "scaled_dot_product_attention"
-    q, k, v = (_primal_of(a) for a in (query, key, value))
-    for what, a in (("query", q), ("key", k), ("value", v)):
+    q, key_arr, v = (_primal_of(a) for a in (query, key, value))  # the plain arrays
+    for what, a in (("query", q), ("key", key_arr), ("value", v)):
         if not hasattr(a, "shape") or a.ndim < 2:
             raise ValueError(f"{name}: {what} must have at least 2 dimensions (..., length, features), "
                              f"got shape {getattr(a, 'shape', type(a).__name__)}")
         if a.dtype.kind != "f":
             raise TypeError(f"{name}: {what} must have a floating dtype, got {a.dtype} (shape {a.shape})")
-    shapes = f"query shape {q.shape}, key shape {k.shape}, value shape {v.shape}"
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"{name}: query has embedding size {q.shape[-1]} but key has {k.shape[-1]} ({shapes})")
-    if k.shape[-2] != v.shape[-2]:
-        raise ValueError(f"{name}: key has sequence length {k.shape[-2]} but value has {v.shape[-2]} ({shapes})")
-    batch = _broadcast(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    shapes = f"query shape {q.shape}, key shape {key_arr.shape}, value shape {v.shape}"
+    if q.shape[-1] != key_arr.shape[-1]:
+        raise ValueError(f"{name}: query has embedding size {q.shape[-1]} but key has {key_arr.shape[-1]} ({shapes})")
+    if key_arr.shape[-2] != v.shape[-2]:
+        raise ValueError(f"{name}: key has sequence length {key_arr.shape[-2]} but value has {v.shape[-2]} ({shapes})")
+    batch = _broadcast(q.shape[:-2], key_arr.shape[:-2], v.shape[:-2])
     if batch is None:
         raise ValueError(f"{name}: batch dimensions do not broadcast ({shapes})")
-    weights = batch + (q.shape[-2], k.shape[-2])
+    weights = batch + (q.shape[-2], key_arr.shape[-2])
     if attn_mask is not None:
         if is_causal:
             raise ValueError(f"{name}: pass either attn_mask or is_causal=True, not both")

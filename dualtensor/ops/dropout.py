@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..autodiff import primal_of
+from ..tensor import primal_of
 from ..backend import default_rng, get_xp as _xp
 from ..core import Primitive
-from ..tensor import DualTensor, Traced, _describe
+from ..tensor import DualTensor, Traced, describe
 
 __all__ = ["dropout"]
 
@@ -33,11 +33,11 @@ def dropout(input: Any, p: float = 0.5, training: bool = True, rng: Any = None, 
         return input
     x0 = primal_of(input)
     if not hasattr(x0, "dtype") or x0.dtype.kind != "f":
-        raise TypeError(f"dropout: input must be a floating array, got {_describe(x0)}")
+        raise TypeError(f"dropout: input must be a floating array, got {describe(x0)}")
     xp, shape, dtype = _xp(x0), tuple(x0.shape), x0.dtype
     if mask is not None:
         if type(mask) in (DualTensor, Traced):
-            raise TypeError(f"dropout: mask must be a constant array, got {_describe(mask)}")
+            raise TypeError(f"dropout: mask must be a constant array, got {describe(mask)}")
         ms = tuple(getattr(mask, "shape", ()))
         if ms != shape:
             raise ValueError(f"dropout: mask shape {ms} does not match input shape {shape}")

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import get_xp as _xp
-from ..autodiff import primal_of as _value
+from ..tensor import primal_of as _value
 from ..core import Primitive, lift, sum_to
 
 __all__ = ["matmul", "linear", "einsum"]

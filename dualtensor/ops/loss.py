@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from ..autodiff import primal_of
+from ..tensor import primal_of
 from ..backend import get_xp as _xp
 from ..core import Primitive
-from ..tensor import DualTensor, Traced, _describe
+from ..tensor import DualTensor, Traced, describe
 from .softmax import _shifted, _sum_prod
 
 __all__ = ["cross_entropy", "nll_loss", "mse_loss"]
@@ -36,7 +36,7 @@ def _logits_info(op: str, input: Any) -> tuple:
         x0 = np.asarray(x0)
     xs = tuple(x0.shape)
     if x0.dtype.kind != "f":
-        raise TypeError(f"{op}: input must be a floating array, got {_describe(x0)}")
+        raise TypeError(f"{op}: input must be a floating array, got {describe(x0)}")
     if len(xs) == 0:
         raise ValueError(f"{op}: input must have shape (C,), (N, C) or (N, C, d1, ...), got a 0-d input")
     cax = 0 if len(xs) == 1 else 1  # torch: unbatched (C,) or class axis 1
@@ -47,7 +47,7 @@ def _class_weight(op: str, weight: Any, c: int, xp: Any, dtype: Any) -> Any:
     if weight is None:
         return None
     if type(weight) in (DualTensor, Traced):
-        raise TypeError(f"{op}: the class weight is a constant and cannot be differentiated, got {_describe(weight)}")
+        raise TypeError(f"{op}: the class weight is a constant and cannot be differentiated, got {describe(weight)}")
     weight = primal_of(weight)
     if tuple(getattr(weight, "shape", np.shape(weight))) != (c,):
         raise ValueError(f"{op}: weight must have shape ({c},) (one entry per class), got shape "
@@ -209,7 +209,7 @@ def mse_loss(input: Any, target: Any, reduction: str = "mean") -> Any:
         if type(a) in (DualTensor, Traced) or hasattr(a, "__dt_value__"):
             continue
         if hasattr(a0, "dtype") and a0.dtype.kind not in "fiub":
-            raise TypeError(f"mse_loss: {name} must be numeric, got {_describe(a0)}")
+            raise TypeError(f"mse_loss: {name} must be numeric, got {describe(a0)}")
     if type(target) not in (DualTensor, Traced) and not hasattr(target, "__dt_value__"):
         xd = getattr(x0, "dtype", None)
         target = _xp(x0).asarray(y0, dtype=xd if xd is not None and xd.kind == "f" else None)

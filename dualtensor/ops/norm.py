@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..autodiff import primal_of
+from ..tensor import primal_of
 from ..backend import get_xp as _xp
 from ..core import Primitive, lift
-from ..tensor import DualTensor, Traced, _describe
+from ..tensor import DualTensor, Traced, describe
 
 __all__ = ["layer_norm", "batch_norm"]
 
@@ -70,7 +70,7 @@ def _shape_of(a: Any) -> tuple:
 
 def _check_constant(op: str, name: str, a: Any) -> None:
     if type(a) in (DualTensor, Traced):
-        raise TypeError(f"{op}: {name} is a constant buffer and cannot be differentiated, got {_describe(a)}")
+        raise TypeError(f"{op}: {name} is a constant buffer and cannot be differentiated, got {describe(a)}")
 
 
 # ---------------------------------------------------------------------------------------- layer_norm

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import get_xp as _xp
-from ..autodiff import primal_of as _value
+from ..tensor import primal_of as _value
 from ..core import Primitive
 
 __all__ = ["sum", "mean", "var", "max", "min", "logsumexp"]

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..backend import get_xp as _xp, scatter_add
-from ..autodiff import primal_of as _value
+from ..tensor import primal_of as _value
 from ..core import Primitive, lift, sum_to
 from ..tensor import DualTensor, Traced
 

@@ -49,7 +49,7 @@ def _parameters(model: Any) -> Callable[[], dict]:
 
 def _backprop_step(model: Any) -> Step:
     from .. import autodiff
-    from ..autodiff import primal_of
+    from ..tensor import primal_of
     from ..nn import functional as F
     from ..nn import functional_call
 
@@ -69,7 +69,7 @@ def _backprop_step(model: Any) -> Step:
 
 
 def _activity_step(model: Any, config: TrainConfig, sampler: Any, rng: Any, *, simulated: bool) -> Step:
-    from ..autodiff import primal_of
+    from ..tensor import primal_of
     from ..fgrad import activity_gradient
     from ..nn import functional as F
 
@@ -91,7 +91,7 @@ def _activity_step(model: Any, config: TrainConfig, sampler: Any, rng: Any, *, s
 
 
 def _weight_step(model: Any, config: TrainConfig, sampler: Any, rng: Any, *, simulated: bool) -> Step:
-    from ..autodiff import primal_of
+    from ..tensor import primal_of
     from ..fgrad import forward_gradient, simulated_forward_gradient
     from ..nn import functional as F
     from ..nn import functional_call
