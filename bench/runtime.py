@@ -26,6 +26,9 @@ batch 64, R_f/R_b and peak memory vs depth. The run ends with the targets of iss
 Output: Markdown tables on stdout, ``--json PATH``, ``--plot [PATH]`` (needs matplotlib).
 ``--quick`` (logreg/MLP/CNN, k in {1,4,16}, normal tangents, depths up to 8) takes ~1-2 minutes
 on 2 cores; ``--size tiny`` shrinks every model for smoke tests.
+
+The models and their step functions are in ``runtime_cases.py``; the tables, the targets, the figure
+and the JSON file in ``runtime_report.py``; this file holds the command line and runs the cases.
 """
 from __future__ import annotations
 
@@ -35,7 +38,6 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from typing import Any, Callable
 
 
@@ -57,289 +59,22 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _timing as T  # noqa: E402
 
-import dualtensor as dt  # noqa: E402
-from dualtensor import optim  # noqa: E402
 from dualtensor.allocator import heap_arrays  # noqa: E402
 from dualtensor.backend import array_module, set_default_dtype, synchronize  # noqa: E402
-from dualtensor.core import observe  # noqa: E402
-from dualtensor.fgrad.activity import activity_gradient, activity_tangents  # noqa: E402
 from dualtensor.fgrad.aggregators import get_aggregator  # noqa: E402
-from dualtensor.fgrad.samplers import as_generator, get_sampler  # noqa: E402
-from dualtensor.fgrad.weight import flatten_params, forward_gradient, tangent_tree  # noqa: E402
-from dualtensor.nn import functional as F  # noqa: E402
+from dualtensor.fgrad.samplers import get_sampler  # noqa: E402
 from dualtensor.nn import init as nn_init  # noqa: E402
-from dualtensor.nn.layers import (AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear,  # noqa: E402
-                                  MaxPool2d, ReLU)
-from dualtensor.nn.models import mlp, resnet18, vit  # noqa: E402
-from dualtensor.nn.models.blocked import Blocked, eval_mode  # noqa: E402
-from dualtensor.nn.models.resnet import BasicBlock, ResNet  # noqa: E402
-from dualtensor.nn.module import Sequential, functional_call  # noqa: E402
-from dualtensor.tensor import DualTensor, Zero  # noqa: E402
+from dualtensor.nn.models import mlp  # noqa: E402
+from runtime_cases import (DATASETS, DEFAULT_BATCH, MODEL_DATA, MODELS, PERTURBATIONS, TINY_DATASETS,  # noqa: E402
+                           Case, gemm_macs, he_init, loop_speedup_bound, make_case, measure_memory,
+                           relative_difference)
+from runtime_report import (DEPTH_COLUMNS, MAIN_COLUMNS, TARGET_COLUMNS, evaluate_targets, markdown,  # noqa: E402
+                            plot, write_json)
 
-MODELS = ("logreg", "mlp", "cnn", "resnet18", "vit")
-DATASETS = {"mnist": (1, 28, 28), "cifar": (3, 32, 32)}
-TINY_DATASETS = {"mnist": (1, 8, 8), "cifar": (3, 8, 8)}
-DEFAULT_BATCH = {"mnist": 64, "cifar": 128}
-MODEL_DATA = {"logreg": "mnist", "mlp": "mnist", "cnn": "mnist", "resnet18": "cifar", "vit": "cifar"}
-PERTURBATIONS = ("weight", "activity")
 QUICK = dict(models="logreg,mlp,cnn", ks="1,4,16", perturb="weight,activity", tangents="normal", repeats=3,
              warmup=1, depths="1,2,4,8", threads=1)
 QUICK_BATCH = {"cnn": 8}  # --quick: the CNN on a small batch (a full batch-64 CNN grid takes minutes)
 FULL_DEPTHS = "1,2,5,10,20,50,100"
-
-
-# ------------------------------------------------------------------------------------------- models
-
-class LogReg(Blocked):
-    """Multinomial logistic regression: one block, flatten + linear."""
-
-
-class CNN(Blocked):
-    """Baydin et al.'s CNN: blocks conv, conv+pool, conv, conv+pool, linear+ReLU, linear."""
-
-
-def logreg(in_features: int, classes: int = 10) -> LogReg:
-    return LogReg([Sequential(Flatten(), Linear(in_features, classes))])
-
-
-def baydin_cnn(in_channels: int = 1, image_size: int = 28, classes: int = 10, channels: int = 64,
-               hidden: int = 1024) -> CNN:
-    """Four 3x3 conv layers (``channels`` each, padding 1, ReLU), a 2x2 max-pool after the 2nd and
-    4th, then linear ``hidden`` + ReLU and linear ``classes`` (Baydin et al. 2022, Sec. 5)."""
-    c = channels
-    side = image_size // 2 // 2
-    return CNN([
-        Sequential(Conv2d(in_channels, c, 3, 1, 1), ReLU()),
-        Sequential(Conv2d(c, c, 3, 1, 1), ReLU(), MaxPool2d(2)),
-        Sequential(Conv2d(c, c, 3, 1, 1), ReLU()),
-        Sequential(Conv2d(c, c, 3, 1, 1), ReLU(), MaxPool2d(2)),
-        Sequential(Flatten(), Linear(c * side * side, hidden), ReLU()),
-        Sequential(Linear(hidden, classes)),
-    ])
-
-
-def small_resnet(in_channels: int, classes: int, widths: tuple = (4, 8, 8, 16)) -> ResNet:
-    """ResNet18's layout (stem, four stages of two BasicBlocks, head) with tiny widths, for smoke tests."""
-    stem = Sequential(Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), BatchNorm2d(widths[0]), ReLU())
-    stages, cin = [], widths[0]
-    for cout, stride in zip(widths, (1, 2, 2, 2)):
-        stages.append(Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
-        cin = cout
-    head = Sequential(AdaptiveAvgPool2d(1), Flatten(), Linear(cin, classes))
-    return ResNet([stem, *stages, head], [stem] + [b for s in stages for b in s] + [head])
-
-
-def build_model(name: str, input_shape: tuple, classes: int = 10, size: str = "full",
-                resnet_stem: str = "imagenet") -> Any:
-    """One of :data:`MODELS` for inputs of ``input_shape`` (C, H, W); ``size="tiny"`` shrinks it."""
-    c, h, w = input_shape
-    tiny = size == "tiny"
-    if name == "logreg":
-        return logreg(c * h * w, classes)
-    if name == "mlp":
-        return mlp(c * h * w, 16 if tiny else 1024, 2, classes)
-    if name == "cnn":
-        return baydin_cnn(c, h, classes, channels=4 if tiny else 64, hidden=16 if tiny else 1024)
-    if name == "resnet18":
-        return small_resnet(c, classes) if tiny else resnet18(c, classes, stem=resnet_stem)
-    if name == "vit":
-        if tiny:
-            return vit(image_size=h, patch_size=4, in_channels=c, classes=classes, dim=8, depth=2, heads=2,
-                       mlp_dim=16)
-        return vit(image_size=h, patch_size=4, in_channels=c, classes=classes)
-    raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-
-
-# -------------------------------------------------------------------------------------------- steps
-
-def _per_sample_loss(logits: Any, y: Any) -> Any:
-    return F.cross_entropy(logits, y, reduction="none")
-
-
-def _primal(v: Any) -> Any:
-    return v.primal if type(v) is DualTensor else v
-
-
-@dataclass
-class Case:
-    """A model with its synthetic batch, optimizer and every step function of the benchmark.
-
-    Every step is ``step(rng=None, update=True) -> grads`` (``None`` for inference); ``rng`` is the
-    tangent generator (a fresh seeded one when None)."""
-
-    name: str
-    dataset: str
-    batch: int
-    model: Any
-    x: Any
-    y: Any
-    xp: Any
-    dtype: Any
-    aggregate: str
-    keep: str
-    lr: float
-    seed: int
-
-    def __post_init__(self) -> None:
-        self.names = [n for n, _ in self.model.named_parameters()]
-        self.params = dict(self.model.named_parameters())
-        self.opt = optim.SGD([self.params[n] for n in self.names], lr=self.lr)
-        self.agg = get_aggregator(self.aggregate)
-        self.blocks = list(self.model.blocks())
-        self.n_params = int(sum(p.data.size for p in self.params.values()))
-        self.param_bytes = int(sum(p.data.nbytes for p in self.params.values()))
-        self.vg = dt.value_and_grad(self._objective)
-        # block output shapes (one plain forward pass) for the activity loop
-        h, self.shapes = self.x, []
-        for b in self.blocks:
-            h = b(h)
-            self.shapes.append(tuple(h.shape))
-        self.sizes = [math.prod(s[1:]) for s in self.shapes]
-
-    # -- helpers ---------------------------------------------------------------------------
-    def current(self) -> dict:
-        return {n: self.params[n].data for n in self.names}
-
-    def _objective(self, P: dict) -> Any:
-        return F.cross_entropy(functional_call(self.model, P, self.x), self.y)
-
-    def _apply(self, grads: dict) -> None:
-        for n in self.names:
-            self.params[n].grad = grads[n]
-        self.opt.step()
-
-    def generator(self, rng: Any = None) -> Any:
-        """A tangent generator on the case's device: ``rng`` may be a generator, a seed or a seed list.
-        Without one, timed steps share one generator per case (a GPU generator costs its seeding, which
-        a training run pays once per epoch, not per step)."""
-        if rng is None:
-            if getattr(self, "_generator", None) is None:
-                self._generator = as_generator(np.random.default_rng(self.seed), self.xp)
-            return self._generator
-        if isinstance(rng, (int, list, tuple)):
-            rng = np.random.default_rng(rng)  # CuPy: seeded from it
-        return as_generator(rng, self.xp)
-
-    def snapshot(self) -> dict:
-        return {n: p.data.copy() for n, p in self.params.items()}
-
-    def restore(self, saved: dict) -> None:
-        for n, a in saved.items():
-            self.params[n].data[...] = a
-            self.params[n].grad = None
-
-    # -- the steps -------------------------------------------------------------------------
-    def inference(self, rng: Any = None, update: bool = True) -> None:
-        float(F.cross_entropy(self.model(self.x), self.y))
-        return None
-
-    def backprop(self, rng: Any = None, update: bool = True) -> dict:
-        _, grads = self.vg(self.current())
-        if update:
-            self._apply(grads)
-        return grads
-
-    def fg_weight(self, k: int, sampler: str, rng: Any = None, update: bool = True) -> dict:
-        _, grads, _ = forward_gradient(self._objective, self.current(), k, sampler=sampler, aggregate=self.agg,
-                                       rng=self.generator(rng))
-        if update:
-            self._apply(grads)
-        return grads
-
-    def fg_weight_loop(self, k: int, sampler: str, rng: Any = None, update: bool = True) -> dict:
-        P = self.current()
-        _, _, xp, dtype, n = flatten_params(P)
-        V = get_sampler(sampler)(k, (n,), self.generator(rng), dtype=dtype, xp=xp)  # as forward_gradient draws
-        ds = []
-        for i in range(k):  # one JVP per tangent: the primal is recomputed k times
-            _, d_i = dt.jvp(self._objective, P, tangent_tree(V[i:i + 1], P))
-            ds.append(d_i)
-        g = self.agg(xp.concatenate(ds), V)
-        grads = {name: t[0] for name, t in tangent_tree(g[None], P).items()}
-        if update:
-            self._apply(grads)
-        return grads
-
-    def fg_activity(self, k: int, sampler: str, rng: Any = None, update: bool = True) -> dict:
-        res = activity_gradient(self.model, _per_sample_loss, self.x, self.y, k=k, sampler=sampler,
-                                aggregate=self.agg, rng=self.generator(rng), keep=self.keep, blocks=self.blocks)
-        if update:
-            self._apply(res.grads)
-        return res.grads
-
-    def _activity_tangents(self, k: int, sampler: str, rng: Any) -> list:
-        """Per-block (k, B, n_i) tangents, drawn exactly as activity_gradient draws them."""
-        return activity_tangents(sampler, k, self.sizes, self.generator(rng), dtype=self.dtype, xp=self.xp,
-                                 batch=self.batch)
-
-    def _activity_pass(self, parts: list, i: int) -> Any:
-        """Forward pass with tangent i alone injected at every block output; returns d_i of shape (1, B)."""
-        h = self.x
-        for block, part, shape in zip(self.blocks, parts, self.shapes):
-            out = block(h)
-            v = part[i:i + 1].reshape((1,) + shape)
-            if type(out) is DualTensor and type(out.tangent) is not Zero:
-                h = DualTensor(out.primal, out.tangent + v)
-            else:
-                h = DualTensor(_primal(out), v)
-        return _per_sample_loss(h, self.y).tangent_array()
-
-    def fg_activity_loop(self, k: int, sampler: str, rng: Any = None, update: bool = True) -> dict:
-        xp = self.xp
-        parts = self._activity_tangents(k, sampler, rng)
-        ds = [self._activity_pass(parts, i) for i in range(k - 1)]
-        V = parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=-1)  # (k, B, n)
-
-        def combine(d_last: Any, _v_last: Any) -> Any:  # all k directional derivatives, all k tangents
-            return self.agg(xp.concatenate(ds + [d_last]), V)
-
-        # the k-th pass also records the block-local tape and runs the block VJPs of the estimate
-        res = activity_gradient(self.model, _per_sample_loss, self.x, self.y, k=1,
-                                tangents=xp.ascontiguousarray(V[k - 1:k]), aggregate=combine, keep=self.keep,
-                                blocks=self.blocks)
-        if update:
-            self._apply(res.grads)
-        return res.grads
-
-    def step(self, kind: str, perturb: str | None = None, sampler: str | None = None,
-             k: int | None = None) -> Callable[..., Any]:
-        """The step function ``kind`` in {base, bp, fg, loop} (perturb/sampler/k for fg and loop)."""
-        if kind == "base":
-            return self.inference
-        if kind == "bp":
-            return self.backprop
-        fn = {("fg", "weight"): self.fg_weight, ("loop", "weight"): self.fg_weight_loop,
-              ("fg", "activity"): self.fg_activity, ("loop", "activity"): self.fg_activity_loop}[(kind, perturb)]
-        return lambda rng=None, update=True: fn(k, sampler, rng=rng, update=update)
-
-
-def make_case(name: str, dataset: str, batch: int, *, xp: Any, dtype: Any, size: str = "full",
-              aggregate: str = "projection", keep: str = "tape", lr: float = 1e-4, seed: int = 0,
-              resnet_stem: str = "imagenet", model: Any = None) -> Case:
-    """Build the model (seeded) and a synthetic batch (standard normal images, uniform labels)."""
-    shape = (TINY_DATASETS if size == "tiny" else DATASETS)[dataset]
-    set_default_dtype(dtype)
-    nn_init.manual_seed(seed)
-    if model is None:
-        model = build_model(name, shape, 10, size, resnet_stem)
-    rng = np.random.default_rng([seed, 1])
-    x = rng.standard_normal((batch, *shape)).astype(dtype)
-    y = rng.integers(0, 10, size=batch)
-    if xp is not np:
-        model.to("gpu")
-        x, y = xp.asarray(x), xp.asarray(y)
-    model.train()
-    return Case(name, dataset, batch, model, x, y, xp, np.dtype(dtype), aggregate, keep, lr, seed)
-
-
-def relative_difference(a: dict, b: dict, xp: Any) -> float:
-    """‖a − b‖ / ‖a‖ over all parameters (global L2 norms, in float64)."""
-    num = den = 0.0
-    for n in a:
-        x = a[n].astype(np.float64)
-        num += float(((x - b[n].astype(np.float64)) ** 2).sum())
-        den += float((x ** 2).sum())
-    return math.sqrt(num) / math.sqrt(den) if den > 0 else math.sqrt(num)
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -352,76 +87,6 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     except ImportError:  # pragma: no cover - tqdm is a dependency
         return None
     return tqdm(total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
-
-
-def _measure_memory(case: Case, fn: Callable, sync: Callable, seed: Any) -> tuple[int, Any]:
-    """Peak memory of one step (with its update; parameters restored afterwards) and its gradients."""
-    saved = case.snapshot()
-    for p in case.params.values():  # no stale gradients from the timed steps in the live set
-        p.grad = None
-    try:
-        return T.peak_memory(lambda: fn(rng=seed, update=True), case.xp, sync)
-    finally:
-        case.restore(saved)
-
-
-# ------------------------------------------------------------------------------------ GEMM-count bound
-
-def _macs(name: str, args: tuple) -> tuple[int, bool]:
-    """Multiply-adds of one primal call and whether its second operand is a weight (linear, conv2d)."""
-    if name == "linear":
-        x, w = args[0], args[1]
-        return math.prod(x.shape[:-1]) * w.shape[0] * w.shape[1], True
-    if name == "conv2d":
-        w, out = args[1], args[-1]  # out: the primal output, appended by the counter
-        return math.prod(out.shape) * math.prod(w.shape[1:]), True
-    a, b = args[0], args[1]  # matmul, attention: (..., L, E) x (..., S, E) [x (..., S, Ev)]
-    batch = math.prod(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
-    if name == "matmul":
-        return batch * a.shape[-2] * a.shape[-1] * b.shape[-1], False
-    return batch * a.shape[-2] * b.shape[-2] * (a.shape[-1] + args[2].shape[-1]), False
-
-
-_GEMM_LIKE = ("linear", "conv2d", "matmul", "scaled_dot_product_attention")
-
-
-def gemm_macs(case: Case) -> list[list[tuple[int, bool]]]:
-    """Per block, the (multiply-adds, has-weight) of every GEMM-like primal call (linear, conv2d, matmul,
-    attention), from one plain forward pass of the case's batch (eval mode: no state changes), seen
-    through the primitives' observation hook."""
-    calls: list[tuple[int, bool]] = []
-
-    def record(prim: Any, args: tuple, params: dict, ans: Any) -> None:
-        if prim.name in _GEMM_LIKE:
-            calls.append(_macs(prim.name, args + ((ans[0] if prim.has_aux else ans),)))
-
-    per_block = []
-    with eval_mode(case.blocks), observe(record):
-        h = case.x
-        for b in case.blocks:
-            calls.clear()
-            h = _primal(b(h))
-            per_block.append(list(calls))
-    return per_block
-
-
-def loop_speedup_bound(per_block: list, perturb: str, k: int) -> float:
-    """GEMM-count bound on (k single-tangent passes) / (one k-tangent pass), sampling and elementwise
-    work left out. P = primal multiply-adds. Activity: every GEMM after the first block carries the
-    tangent (T per tangent; attention and matmuls between activations twice), and the block-local VJP
-    costs W = one weight-gradient GEMM per weighted GEMM plus an input-gradient GEMM after the first GEMM
-    of a block (both operands' gradients for matmuls between activations and attention); loop k(P + T) + W
-    against P + kT + W. Weight: every GEMM has a weight-tangent term and, except the model's first (it reads
-    the data), an input-tangent term; loop k(P + T) against P + kT.
-    """
-    flat = [(i, j, m, w) for i, blk in enumerate(per_block) for j, (m, w) in enumerate(blk)]
-    P = sum(m for *_, m, _ in flat)
-    if perturb == "activity":
-        T = sum(m * (1 if w else 2) for i, _, m, w in flat if i > 0)
-        W = sum(m * ((1 + (j > 0)) if w else 2) for _, j, m, w in flat)
-        return (k * (P + T) + W) / (P + k * T + W)
-    T = sum(m * (1 if n == 0 else 2) for n, (*_, m, w) in enumerate(flat))
-    return k * (P + T) / (P + k * T)
 
 
 def run_case(case: Case, configs: list[tuple], *, repeats: int, warmup: int, loop: bool = True,
@@ -460,7 +125,7 @@ def run_case(case: Case, configs: list[tuple], *, repeats: int, warmup: int, loo
         for name, fn in fns.items():
             if name.startswith("draw/") or (not memory and name in ("base", "bp")):
                 continue
-            peak, g = _measure_memory(case, fn, sync, [case.seed, 11])  # same tangents for fg and loop
+            peak, g = measure_memory(case, fn, sync, [case.seed, 11])  # same tangents for fg and loop
             steps[name]["peak_mb"] = peak / 2**20
             if name.startswith(("fg/", "loop/")):
                 grads[name] = g
@@ -519,17 +184,6 @@ def _profile(case: Case, fns: dict, top: int, log: Callable) -> None:
         log(f"\n### profile {case.name} {name}\n```\n{s.getvalue().strip()}\n```")
 
 
-def he_init(model: Any, seed: int) -> None:
-    """He (Kaiming normal, ReLU gain) weights and zero biases for every Linear layer of ``model``."""
-    rng = np.random.default_rng([seed, 3])
-    for m in model.modules():
-        if isinstance(m, Linear):
-            w = m.weight.data
-            w[...] = rng.standard_normal(w.shape).astype(w.dtype) * np.sqrt(2.0 / w.shape[1])
-            if m.bias is not None:
-                m.bias.data[...] = 0
-
-
 def run_depth(depths: list[int], *, width: int, batch: int, k: int, sampler: str, perturbs: list[str],
               xp: Any, dtype: Any, aggregate: str, keep: str, repeats: int, warmup: int, memory: bool,
               seed: int, progress: bool, size: str = "full", min_time: float = 0.02,
@@ -575,169 +229,6 @@ def run_depth(depths: list[int], *, width: int, batch: int, k: int, sampler: str
         rows.append(row)
         del case, model
     return rows
-
-
-# ----------------------------------------------------------------------------------------- reports
-
-def _f(v: Any, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "–"
-    if isinstance(v, float):
-        if v != 0 and (abs(v) >= 1e4 or abs(v) < 1e-2):
-            return f"{v:.1e}"
-        return f"{v:.{digits}g}"
-    return str(v)
-
-
-def markdown(rows: list[dict], columns: list[tuple[str, str]]) -> str:
-    """A Markdown table of ``rows`` with ``columns`` [(key, header), ...]."""
-    head = "| " + " | ".join(h for _, h in columns) + " |"
-    sep = "|" + "|".join("---" if i < 1 else "---:" for i in range(len(columns))) + "|"
-    body = ["| " + " | ".join(_f(r.get(k)) for k, _ in columns) + " |" for r in rows]
-    return "\n".join([head, sep, *body])
-
-
-MAIN_COLUMNS = [("model", "model"), ("data", "data×B"), ("perturb", "perturb"), ("tangents", "tangents"),
-                ("k", "k"), ("base_ms", "base ms"), ("bp_ms", "bp ms"), ("fg_ms", "fg ms"), ("loop_ms", "loop ms"),
-                ("R_f", "R_f"), ("R_b", "R_b"), ("R_f_over_R_b", "R_f/R_b"), ("speedup", "loop/fg"),
-                ("speedup_bound", "bound"),
-                ("mem_bp_mb", "bp MB"), ("mem_fg_mb", "fg MB"), ("mem_loop_mb", "loop MB"), ("check", "check")]
-DEPTH_COLUMNS = [("depth", "depth"), ("params_mb", "params MB"), ("base_ms", "base ms"), ("bp_ms", "bp ms"),
-                 ("weight_ms", "fg-w ms"), ("activity_ms", "fg-a ms"), ("R_b", "R_b"), ("R_f_weight", "R_f w"),
-                 ("R_f_activity", "R_f a"), ("mem_bp_mb", "bp MB"), ("mem_weight_mb", "fg-w MB"),
-                 ("mem_activity_mb", "fg-a MB"), ("mem_bp_excess_mb", "bp − P"),
-                 ("mem_weight_excess_mb", "fg-w − (k+1)P"), ("mem_activity_excess_mb", "fg-a − P")]
-TARGET_COLUMNS = [("target", "target"), ("measured", "measured"), ("goal", "goal"), ("status", "status")]
-
-
-def _slope(xs: list[float], ys: list[float]) -> float:
-    pts = [(x, y) for x, y in zip(xs, ys) if math.isfinite(y)]
-    if len(pts) < 2:
-        return float("nan")
-    return float(np.polyfit([p[0] for p in pts], [p[1] for p in pts], 1)[0])
-
-
-def evaluate_targets(rows: list[dict], depth_rows: list[dict]) -> list[dict]:
-    """Issue 5's targets, evaluated on whatever was measured (rows missing → not evaluated)."""
-    out = []
-
-    def add(target: str, measured: str, goal: str, ok: bool | None) -> None:
-        out.append({"target": target, "measured": measured, "goal": goal,
-                    "status": "n/a" if ok is None else ("met" if ok else "MISSED")})
-
-    for model in ("mlp", "cnn"):
-        for perturb in PERTURBATIONS:
-            sel = [r for r in rows if r["model"] == model and r["perturb"] == perturb and r["k"] == 16
-                   and math.isfinite(r.get("speedup", float("nan")))]
-            if sel:
-                worst = min(r["speedup"] for r in sel)
-                bound = sel[0].get("speedup_bound")
-                add(f"batched vs loop, {model} {perturb} k=16",
-                    f"{worst:.2f}x (worst over tangents)" + (f"; GEMM-count bound {bound:.2f}x" if bound else ""),
-                    ">= 3x", worst >= 3)
-    act = [r for r in rows if r["model"] == "mlp" and r["perturb"] == "activity"]
-    for k in sorted({r["k"] for r in act}):
-        worst = max(r["R_f"] / (2 + k) for r in act if r["k"] == k)
-        add(f"activity MLP R_f(k={k}) / (2+k)", f"{worst:.2f}", "<= 1.5", worst <= 1.5)
-    k1 = [r for r in act if r["k"] == 1]
-    if k1:
-        worst = max(r["R_f_over_R_b"] for r in k1)
-        add("activity MLP R_f/R_b at k=1", f"{worst:.2f}", "<= 1.2", worst <= 1.2)
-    for r in rows:
-        if r["perturb"] == "weight" and r["k"] == 1 and "R_bound_weight" in r:
-            ratio = r["R_f"] / r["R_bound_weight"]
-            add(f"weight {r['model']} {r['tangents']} R_f(k=1) / (3 + draw/base)",
-                f"{ratio:.2f} (R_f {r['R_f']:.2f}, bound {r['R_bound_weight']:.2f})", "<= 1.5", ratio <= 1.5)
-    # depth 1 has no hidden-to-hidden layer (its largest leaf, hence the update's temporary, differs):
-    # fit the slopes on depths >= 2 when there are two of them
-    measured = [r for r in depth_rows if math.isfinite(r.get("mem_bp_excess_mb", float("nan")))]  # not --no-memory
-    fit = [r for r in measured if r["depth"] >= 2]
-    fit = fit if len(fit) >= 2 else measured
-    if len(fit) >= 2:
-        ds = [r["depth"] for r in fit]
-        bp = _slope(ds, [r["mem_bp_excess_mb"] for r in fit])
-        for p in PERTURBATIONS:
-            key = f"mem_{p}_excess_mb"
-            if all(math.isfinite(r.get(key, float("nan"))) for r in fit):
-                s = _slope(ds, [r[key] for r in fit])
-                lo, hi = min(r[key] for r in fit), max(r[key] for r in fit)
-                flat = math.isfinite(s) and math.isfinite(bp) and abs(s) <= 0.1 * abs(bp)
-                add(f"memory vs depth {ds[0]}..{ds[-1]}, fg-{p} (excess over params)",
-                    f"{s:.3g} MB/layer (range {lo:.3g}..{hi:.3g} MB) vs bp {bp:.3g} MB/layer",
-                    "flat (slope <= 10% of bp's)" if p == "weight" else "(activity holds per-layer tangents)",
-                    flat if p == "weight" else None)
-        add(f"memory vs depth {ds[0]}..{ds[-1]}, backprop (excess over params)", f"{bp:.3g} MB/layer", "linear (> 0)",
-            bool(math.isfinite(bp) and bp > 0))
-    return out
-
-
-def plot(result: dict, path: str) -> bool:
-    """R_f vs k per model (batched and loop), and R / memory vs depth; False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("--plot: matplotlib is not installed; no figure written", file=sys.stderr)
-        return False
-    rows, depth = result["runs"], result["depth"]
-    panels = (["k"] if rows else []) + (["time", "memory", "excess"] if depth else [])
-    if not panels:
-        return False
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
-    axes = dict(zip(panels, axes[0]))
-    if rows:
-        ax = axes["k"]
-        keys = sorted({(r["model"], r["perturb"], r["tangents"]) for r in rows})
-        for m, p, s in keys:
-            sel = sorted((r for r in rows if (r["model"], r["perturb"], r["tangents"]) == (m, p, s)),
-                         key=lambda r: r["k"])
-            ks = [r["k"] for r in sel]
-            line, = ax.plot(ks, [r["R_f"] for r in sel], "o-", label=f"{m} {p} {s}")
-            if any(math.isfinite(r["R_loop"]) for r in sel):
-                ax.plot(ks, [r["R_loop"] for r in sel], "x--", color=line.get_color(), alpha=0.6)
-        kmax = max(r["k"] for r in rows)
-        ax.plot([1, kmax], [3, 2 + kmax], "k:", label="2 + k")
-        ax.set(xscale="log", yscale="log", xlabel="k (tangents)", ylabel="R_f = fg step / inference",
-               title="forward-gradient step (solid: batched, dashed: loop)")
-        ax.set_xticks(sorted({r["k"] for r in rows}), [str(k) for k in sorted({r["k"] for r in rows})])
-        ax.legend(fontsize=6)
-    if depth:
-        ds = [r["depth"] for r in depth]
-        ax = axes["time"]
-        ax.plot(ds, [r["R_b"] for r in depth], "o-", label="backprop R_b")
-        for p in PERTURBATIONS:
-            if f"R_f_{p}" in depth[0]:
-                ax.plot(ds, [r[f"R_f_{p}"] for r in depth], "s-", label=f"fg {p} R_f")
-        ax.set(xscale="log", xlabel=f"hidden layers (width {depth[0]['width']})", ylabel="step / inference",
-               title=f"runtime vs depth (k={depth[0]['k']})")
-        ax.legend(fontsize=7)
-        ax = axes["memory"]
-        ax.plot(ds, [r["params_mb"] for r in depth], "k:", label="parameters P")
-        ax.plot(ds, [r["mem_bp_mb"] for r in depth], "o-", label="backprop")
-        for p in PERTURBATIONS:
-            if f"mem_{p}_mb" in depth[0]:
-                ax.plot(ds, [r[f"mem_{p}_mb"] for r in depth], "s-", label=f"fg {p}")
-        ax.set(xscale="log", yscale="log", xlabel="hidden layers", ylabel="peak memory of a step (MB)",
-               title="peak memory vs depth")
-        ax.legend(fontsize=7)
-        ax = axes["excess"]
-        ax.plot(ds, [r["mem_bp_excess_mb"] for r in depth], "o-", label="backprop − P")
-        for p in PERTURBATIONS:
-            if f"mem_{p}_excess_mb" in depth[0]:
-                lab = f"fg {p} − (k+1)P" if p == "weight" else f"fg {p} − P"
-                ax.plot(ds, [r[f"mem_{p}_excess_mb"] for r in depth], "s-", label=lab)
-        ax.set(xscale="log", xlabel="hidden layers", ylabel="MB",
-               title="peak memory beyond parameter-sized arrays")
-        ax.legend(fontsize=7)
-        for key in ("time", "memory", "excess"):
-            axes[key].set_xticks(ds, [str(d) for d in ds])
-            axes[key].minorticks_off()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
 
 
 # -------------------------------------------------------------------------------------------- CLI
@@ -898,31 +389,11 @@ def main(argv: list[str] | None = None) -> dict:
                        "check": "relative L2 difference of the fg and loop estimates for the same tangents"},
               "runs": rows, "depth": depth_rows, "targets": targets, "steps": steps}
     if a.json:
-        import json
-
-        d = os.path.dirname(os.path.abspath(a.json))
-        os.makedirs(d, exist_ok=True)
-        tmp = a.json + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(_clean(result), fh, indent=1)
-        os.replace(tmp, a.json)
+        write_json(result, a.json)
     if a.plot:
         if plot(result, a.plot):
             print(f"figure: {a.plot}")
     return result
-
-
-def _clean(v: Any) -> Any:
-    """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
-    if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if isinstance(v, (np.floating, float)):
-        return float(v) if math.isfinite(v) else None
-    if isinstance(v, np.integer):
-        return int(v)
-    return v
 
 
 if __name__ == "__main__":

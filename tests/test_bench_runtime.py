@@ -15,6 +15,8 @@ BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, BENCH)
 import _timing as T  # noqa: E402
 import runtime as R  # noqa: E402
+import runtime_cases as cases  # noqa: E402
+import runtime_report as report  # noqa: E402
 
 from dualtensor.backend import get_default_dtype, set_default_dtype  # noqa: E402
 from dualtensor.nn import init as nn_init  # noqa: E402
@@ -49,7 +51,7 @@ def test_cli_quick_tiny(tmp_path):
         out_png = None
     stdout = _run(*args)
     # the Markdown tables and their columns
-    for _, header in R.MAIN_COLUMNS:
+    for _, header in report.MAIN_COLUMNS:
         assert f" {header} |" in stdout
     for header in ("depth", "params MB", "R_b", "R_f w", "R_f a", "fg-w − (k+1)P"):
         assert f" {header} |" in stdout
@@ -63,7 +65,7 @@ def test_cli_quick_tiny(tmp_path):
     assert "blas" in meta["environment"] and meta["args"]["threads"] == 1
     runs = res["runs"]
     assert len(runs) == 5 * 2 * 2 * 2  # models x perturbations x samplers x ks
-    assert {r["model"] for r in runs} == set(R.MODELS)
+    assert {r["model"] for r in runs} == set(cases.MODELS)
     for r in runs:
         for key in ("base_ms", "bp_ms", "fg_ms", "loop_ms", "R_f", "R_b", "R_f_over_R_b", "R_loop", "speedup",
                     "mem_base_mb", "mem_bp_mb", "mem_fg_mb", "mem_loop_mb", "check", "n_params", "fg_iqr_ms"):
@@ -89,12 +91,12 @@ def test_cli_quick_tiny(tmp_path):
         assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("model", R.MODELS)
+@pytest.mark.parametrize("model", cases.MODELS)
 def test_loop_equals_batched_for_the_same_tangents(model, global_state):
     """The harness's k-single-tangent loop must reproduce the batched estimate exactly (float64)."""
-    ds = R.MODEL_DATA[model]
-    case = R.make_case(model, ds, 3, xp=np, dtype=np.float64, size="tiny")
-    for perturb in R.PERTURBATIONS:
+    ds = cases.MODEL_DATA[model]
+    case = cases.make_case(model, ds, 3, xp=np, dtype=np.float64, size="tiny")
+    for perturb in cases.PERTURBATIONS:
         for sampler in ("normal", "rademacher"):
             k = 3
             fg = case.step("fg", perturb, sampler, k)(rng=[5, 1], update=False)
@@ -102,25 +104,25 @@ def test_loop_equals_batched_for_the_same_tangents(model, global_state):
             assert set(fg) == set(loop) == set(case.names)
             for n in fg:
                 assert fg[n].shape == case.params[n].data.shape and fg[n].dtype == np.float64
-            assert R.relative_difference(fg, loop, np) < 1e-9, (model, perturb, sampler)
+            assert cases.relative_difference(fg, loop, np) < 1e-9, (model, perturb, sampler)
             # a negative control: other tangents give another estimate, so the check can fail
             other = case.step("loop", perturb, sampler, k)(rng=[6, 1], update=False)
-            assert R.relative_difference(fg, other, np) > 1e-3
+            assert cases.relative_difference(fg, other, np) > 1e-3
 
 
 def test_steps_update_parameters_and_memory_pass_restores(global_state):
-    case = R.make_case("mlp", "mnist", 4, xp=np, dtype=np.float32, size="tiny", lr=0.1)
+    case = cases.make_case("mlp", "mnist", 4, xp=np, dtype=np.float32, size="tiny", lr=0.1)
     before = case.snapshot()
     case.step("fg", "activity", "normal", 2)(rng=0)
     assert any(not np.array_equal(before[n], case.params[n].data) for n in before)
     case.restore(before)
-    peak, grads = R._measure_memory(case, case.step("bp"), lambda: None, 0)
+    peak, grads = cases.measure_memory(case, case.step("bp"), lambda: None, 0)
     assert peak > 0 and set(grads) == set(case.names)
     assert all(np.array_equal(before[n], case.params[n].data) for n in before)
 
 
 def test_cnn_layout():
-    m = R.baydin_cnn(1, 28, 10)
+    m = cases.baydin_cnn(1, 28, 10)
     assert len(m.blocks()) == 6
     convs = [p for n, p in m.named_parameters() if p.data.ndim == 4]
     assert [tuple(p.data.shape) for p in convs] == [(64, 1, 3, 3)] + [(64, 64, 3, 3)] * 3
@@ -172,7 +174,7 @@ def test_evaluate_targets():
             row("cnn", "weight", 16, 100.0, 3.0, 1.2), row("mlp", "weight", 1, 9.0, 3.0, 1.0, bound=4.0)]
     depth = [{"depth": d, "mem_bp_excess_mb": 1.0 * d, "mem_weight_excess_mb": 4.0, "mem_activity_excess_mb": 2.0 * d}
              for d in (1, 2, 4, 8)]
-    got = {t["target"]: t["status"] for t in R.evaluate_targets(rows, depth)}
+    got = {t["target"]: t["status"] for t in report.evaluate_targets(rows, depth)}
     assert got["batched vs loop, mlp activity k=16"] == "met"
     assert got["batched vs loop, cnn weight k=16"] == "MISSED"
     assert got["activity MLP R_f(k=16) / (2+k)"] == "met"        # 20 / 18
@@ -181,9 +183,9 @@ def test_evaluate_targets():
     assert got["weight mlp normal R_f(k=1) / (3 + draw/base)"] == "MISSED"  # 9 / 4
     assert got["memory vs depth 2..8, fg-weight (excess over params)"] == "met"
     assert got["memory vs depth 2..8, backprop (excess over params)"] == "met"
-    assert R.evaluate_targets([], []) == []
+    assert report.evaluate_targets([], []) == []
     unmeasured = [dict(r, mem_bp_excess_mb=float("nan"), mem_weight_excess_mb=float("nan")) for r in depth]
-    assert not any("memory" in t["target"] for t in R.evaluate_targets([], unmeasured))  # --no-memory: no verdict
+    assert not any("memory" in t["target"] for t in report.evaluate_targets([], unmeasured))  # --no-memory: no verdict
 
 
 def test_bad_arguments():
@@ -200,20 +202,20 @@ def test_bad_arguments():
 
 
 def test_gemm_count_bound(global_state):
-    case = R.make_case("mlp", "mnist", 8, xp=np, dtype=np.float32, size="tiny")
-    per_block = R.gemm_macs(case)
+    case = cases.make_case("mlp", "mnist", 8, xp=np, dtype=np.float32, size="tiny")
+    per_block = cases.gemm_macs(case)
     dims = [(m.in_features, m.out_features) for m in case.model.modules() if type(m).__name__ == "Linear"]
     assert per_block == [[(8 * i * o, True)] for i, o in dims]  # one linear per block, batch 8
     # hand-made: blocks of 10, 20, 30 multiply-adds, one weighted GEMM each
     pb = [[(10, True)], [(20, True)], [(30, True)]]
     P, Ta, W = 60, 50, 60
-    assert R.loop_speedup_bound(pb, "activity", 16) == pytest.approx((16 * (P + Ta) + W) / (P + 16 * Ta + W))
+    assert cases.loop_speedup_bound(pb, "activity", 16) == pytest.approx((16 * (P + Ta) + W) / (P + 16 * Ta + W))
     Tw = 10 + 2 * 50  # the first GEMM reads the data: weight-tangent term only
-    assert R.loop_speedup_bound(pb, "weight", 16) == pytest.approx(16 * (P + Tw) / (P + 16 * Tw))
-    assert R.loop_speedup_bound(pb, "weight", 1) == pytest.approx(1.0)
+    assert cases.loop_speedup_bound(pb, "weight", 16) == pytest.approx(16 * (P + Tw) / (P + 16 * Tw))
+    assert cases.loop_speedup_bound(pb, "weight", 1) == pytest.approx(1.0)
     # an attention-like matmul between activations carries two tangent terms
     # (and two gradient GEMMs in the local VJP); a second weighted GEMM in a block adds its input gradient
-    assert R.loop_speedup_bound([[(10, True)], [(20, False)]], "activity", 2) == pytest.approx(
+    assert cases.loop_speedup_bound([[(10, True)], [(20, False)]], "activity", 2) == pytest.approx(
         (2 * (30 + 40) + 50) / (30 + 2 * 40 + 50))
-    assert R.loop_speedup_bound([[(10, True), (5, True)]], "activity", 4) == pytest.approx(
+    assert cases.loop_speedup_bound([[(10, True), (5, True)]], "activity", 4) == pytest.approx(
         (4 * 15 + 20) / (15 + 20))
