@@ -160,3 +160,14 @@ def test_the_gpu_check_script_parses_and_its_commands_exist():
         runtime.parse_args(shlex.split(line.replace("\\\n", " ")))
     finally:
         sys.path.pop(0)
+
+
+def test_a_device_generator_is_seeded_once_per_epoch_not_per_step(monkeypatch):
+    """Seeding a CuPy generator sets up its bank of curand states: training does it once per epoch."""
+    made = []
+    real = cupy.random.default_rng
+    monkeypatch.setattr(cupy.random, "default_rng", lambda seed=None: made.append(seed) or real(seed))
+    config = T.TrainConfig(dataset="digits", limit=320, epochs=2, batch_size=16, width=16, k=4, quiet=True,
+                           device="gpu")
+    result = T.fit(config)
+    assert result.state.step == 40 and len(made) == 1 + 2  # one at the start, one per epoch
