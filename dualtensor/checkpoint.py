@@ -181,22 +181,22 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
                       config, train_state, path, best_state)
 
 
+def _read_one(path: str | os.PathLike, key: str, parse: Any) -> Any:
+    path = Path(path)
+    data = _read_entries(path, (key,))
+    if key not in data:
+        raise CheckpointError(f"{path} is not a dualtensor checkpoint (no {key!r} entry)")
+    return parse(data, key, path)
+
+
 def read_config(path: str | os.PathLike) -> dict:
     """Only the ``config`` entry of a checkpoint (the other entries are not read)."""
-    path = Path(path)
-    data = _read_entries(path, ("config",))
-    if "config" not in data:
-        raise CheckpointError(f"{path} is not a dualtensor checkpoint (no 'config' entry)")
-    return _json_entry(data, "config", path)
+    return _read_one(path, "config", _json_entry)
 
 
 def read_epoch(path: str | os.PathLike) -> int:
     """Only the ``epoch`` entry of a checkpoint."""
-    path = Path(path)
-    data = _read_entries(path, ("epoch",))
-    if "epoch" not in data:
-        raise CheckpointError(f"{path} is not a dualtensor checkpoint (no 'epoch' entry)")
-    return _int_entry(data, "epoch", path)
+    return _read_one(path, "epoch", _int_entry)
 
 
 def check_arrays(found: Mapping[str, Any], expected: Mapping[str, Any], where: str) -> None:

@@ -18,7 +18,7 @@ import dualtensor
 from dualtensor.__main__ import main
 from dualtensor.checkpoint import load_checkpoint
 from dualtensor.errors import UsageError
-from dualtensor.files import atomic_write, atomic_write_text, file_mode, new_temp_file, stale_temporaries
+from dualtensor.files import atomic_write_text, file_mode, new_temp_file, stale_temporaries
 from dualtensor.train.rundir import LOCK, MARKER, RUN_FILES, RunDir, RunDirError
 
 QUICK = ["--dataset", "digits", "--limit", "100", "--epochs", "1", "--batch-size", "20", "--width", "16", "--k", "4",
@@ -384,23 +384,6 @@ def test_open_removes_stale_temporaries_of_run_files_but_no_other_hidden_file(tm
     assert set(kept) | {".config.json.dir123.tmp"} <= left
     for name in kept:
         assert (path / name).read_bytes() == b"leftover " + name.encode()
-
-
-def test_atomic_write_keeps_the_old_file_and_no_temporary_when_writing_fails(tmp_path):
-    path = tmp_path / "f.txt"
-    atomic_write_text(path, "old")
-
-    class Boom(Exception):
-        pass
-
-    def failing(f):
-        f.write(b"partial")
-        raise Boom
-
-    with pytest.raises(Boom):
-        atomic_write(path, failing)
-    assert path.read_text() == "old"
-    assert names(tmp_path) == {"f.txt"}
 
 
 def test_new_temp_file_is_named_for_its_target_and_recognised_as_stale(tmp_path):
