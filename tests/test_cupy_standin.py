@@ -33,8 +33,10 @@ def test_only_cupys_names_exist():
     with pytest.raises(AttributeError):
         g.permutation(3)  # not a method of CuPy's Generator
     assert not hasattr(g.bit_generator, "state")
-    import dualtensor as dt  # NumPy functions dispatch to it only for CuPy's names
+    # NumPy functions dispatch to it only for CuPy's names
     assert type(np.sum(cp.asarray(np.ones(3)))) is cp.ndarray
+    with pytest.raises(TypeError):
+        np.insert(cp.asarray(np.ones(3)), 0, 1.0)  # CuPy has no insert
 
 
 def test_results_indices_views_and_linalg_behave_as_on_cupy():
