@@ -5,6 +5,7 @@ finds it, moves arrays between devices and holds the dtype and RNG defaults.
 """
 from __future__ import annotations
 
+import copy
 import types
 from typing import Any
 
@@ -134,6 +135,49 @@ def rng_module(rng: Any) -> types.ModuleType | None:
     return np if isinstance(rng, (np.random.Generator, np.random.RandomState)) else None
 
 
+def generator_state(rng: Any) -> Any:
+    """A copy of a NumPy generator's state (``Generator`` or legacy ``RandomState``), to rewind it with
+    :func:`set_generator_state`. Other generators cannot be rewound (CuPy's expose no settable state):
+    ``ValueError``."""
+    if isinstance(rng, np.random.Generator):
+        return copy.deepcopy(rng.bit_generator.state)
+    if isinstance(rng, np.random.RandomState):
+        return rng.get_state()
+    raise ValueError(f"a {type(rng).__module__}.{type(rng).__name__} cannot be rewound: its state cannot be saved")
+
+
+def set_generator_state(rng: Any, state: Any) -> None:
+    """Rewind a NumPy generator to a :func:`generator_state`."""
+    if isinstance(rng, np.random.RandomState):
+        rng.set_state(state)
+    else:
+        rng.bit_generator.state = state
+
+
+def generator_for(rng: Any, xp: types.ModuleType) -> Any:
+    """A generator of array module ``xp`` from a seed, None or a generator: a generator of the other
+    module seeds a fresh one from its own stream (so one seeded generator drives either device
+    reproducibly). Seeding a CuPy generator sets up its whole bank of curand states: make one per run
+    (or epoch), not one per draw."""
+    mod = rng_module(rng)
+    if mod is xp:
+        return rng
+    if mod is not None:  # the other device's generator: seed ours from it
+        seed = rng.integers(0, 2**62, size=1)
+        rng = int(seed.get()[0] if is_cupy(seed) else seed[0])
+    return default_rng(rng, xp)
+
+
+_DEFAULT_GENERATORS: dict[str, Any] = {}
+
+
+def default_generator(xp: types.ModuleType) -> Any:
+    """One unseeded generator per array module, for draws that ask for no particular seed."""
+    if xp.__name__ not in _DEFAULT_GENERATORS:
+        _DEFAULT_GENERATORS[xp.__name__] = default_rng(None, xp)
+    return _DEFAULT_GENERATORS[xp.__name__]
+
+
 def default_rng(seed: Any = None, xp: types.ModuleType = np) -> Any:
     """A seeded ``Generator`` of the given array module."""
     return xp.random.default_rng(seed)
@@ -152,7 +196,8 @@ def synchronize(xp: types.ModuleType) -> None:
 
 
 def scatter_add(xp: types.ModuleType, target: Any, index: Any, values: Any) -> None:
-    """``target[index] += values`` with repeated indices accumulated (unbuffered)."""
+    """``target[index] += values`` with repeated indices accumulated (unbuffered). Out-of-range
+    indices raise on NumPy and wrap around on CuPy: callers pass checked indices (getitem does)."""
     if xp is np:
         np.add.at(target, index, values)
     else:

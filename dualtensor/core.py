@@ -71,17 +71,30 @@ def result_dtype(values: Sequence[Any]) -> np.dtype | None:
     return out
 
 
-def _promote(prim: "Primitive", args: list) -> list:
-    values = [a.primal if type(a) is DualTensor else a.value if type(a) is Traced else a for a in args]
-    dtype = result_dtype([v for i, v in enumerate(values) if i in prim.promoted(len(values))])
+def _promoted(prim: "Primitive", values: list) -> list:
+    """An elementwise primitive's operands (primals or constants) cast to its result dtype
+    (:func:`result_dtype`; lists count as arrays, of the default float dtype when they hold floats)."""
+    idx = prim.promoted(len(values))
+    out = list(values)
+    lists = [i for i in idx if isinstance(out[i], (list, tuple))]
+    if lists:
+        from .backend import get_default_dtype
+
+        xp = get_xp(*[v for v in out if hasattr(v, "shape")])
+        for i in lists:
+            a = xp.asarray(out[i])
+            out[i] = a.astype(get_default_dtype()) if a.dtype.kind == "f" else a
+    dtype = result_dtype([out[i] for i in idx])
     if dtype is None:
-        return args
-    out = list(args)
-    for i in prim.promoted(len(args)):
+        return out
+    if prim.floating and dtype.kind in "biu":  # true division of integers gives the default float
+        from .backend import get_default_dtype
+
+        dtype = np.dtype(get_default_dtype())
+    for i in idx:
         a = out[i]
-        if type(a) in (DualTensor, Traced) or a is None or getattr(a, "dtype", dtype) == dtype:
-            continue  # differentiable operands already have their own dtype; NumPy promotes them
-        out[i] = a.astype(dtype) if hasattr(a, "astype") else dtype.type(a)
+        if a is not None and getattr(a, "dtype", None) != dtype:
+            out[i] = a.astype(dtype) if hasattr(a, "astype") else dtype.type(a)
     return out
 
 
@@ -112,17 +125,19 @@ def _impl(prim: "Primitive", args: Sequence[Any], params: dict) -> Any:
 class Primitive:
     """A differentiable operation with a primal impl and JVP/VJP rules (see the module docstring).
     ``promote``: the argument indices whose dtypes combine for an elementwise primitive (default:
-    all of them)."""
+    all of them); ``floating``: its result is floating even for integer operands (true division)."""
 
     def __init__(self, name: str, impl: Callable, *, jvp: Callable | None = None,
                  jvps: Sequence[Callable | None] | None = None, vjp: Callable | None = None,
                  vjps: Sequence[Callable | None] | None = None, elementwise: bool = False,
-                 has_aux: bool = False, nondiff: Sequence[int] = (), promote: Sequence[int] | None = None):
+                 has_aux: bool = False, nondiff: Sequence[int] = (), promote: Sequence[int] | None = None,
+                 floating: bool = False):
         self.name, self.impl = name, impl
         self.jvp_rule, self.jvps = jvp, jvps
         self.vjp_rule, self.vjps = vjp, vjps
         self.elementwise, self.has_aux, self.nondiff = elementwise, has_aux, frozenset(nondiff)
         self._promote = None if promote is None else tuple(promote)
+        self.floating = floating  # an elementwise result that is floating even for integer operands
         if name in PRIMITIVES:
             raise ValueError(f"Primitive: the name {name!r} is taken")
         PRIMITIVES[name] = self
@@ -166,10 +181,8 @@ def _classify(prim: Primitive, args: tuple) -> tuple[list, int]:
 def bind(prim: Primitive, args: tuple, params: dict) -> Any:
     """Apply ``prim`` to ``args``, propagating tangents or recording on the tape as needed."""
     args, mode = _classify(prim, args)
-    if prim.elementwise:
-        args = _promote(prim, args)
     if mode == 0:
-        return _impl(prim, args, params)
+        return _impl(prim, _promoted(prim, args) if prim.elementwise else args, params)
     if mode == 2:
         return _bind_traced(prim, args, params)
     return _bind_dual(prim, args, params)
@@ -180,6 +193,8 @@ def _bind_dual(prim: Primitive, args: list, params: dict) -> Any:
     is then also recorded on their tape (the result's ``trace``), for block-local VJPs."""
     primals = [a.primal if type(a) is DualTensor else a.value if type(a) is Traced else a for a in args]
     get_xp(*primals, op=prim.name)
+    if prim.elementwise:
+        primals = _promoted(prim, primals)
     ks = {a.k for a in args if type(a) is DualTensor}
     if len(ks) > 1:
         shapes = ", ".join(f"{a.shape} with k={a.k}" for a in args if type(a) is DualTensor)
@@ -224,6 +239,8 @@ def _bind_dual(prim: Primitive, args: list, params: dict) -> Any:
 def _bind_traced(prim: Primitive, args: list, params: dict) -> Any:
     values = [a.value if type(a) is Traced else a for a in args]
     get_xp(*values, op=prim.name)
+    if prim.elementwise:
+        values = _promoted(prim, values)
     ans = _impl(prim, values, params)
     out = ans[0] if prim.has_aux else ans
     parents = tuple((i, a) for i, a in enumerate(args) if type(a) is Traced)
@@ -232,7 +249,7 @@ def _bind_traced(prim: Primitive, args: list, params: dict) -> Any:
 
 
 def elementwise(name: str, impl: Callable, partials: Sequence[Any], *, nondiff: Sequence[int] = (),
-                promote: Sequence[int] | None = None) -> Primitive:
+                promote: Sequence[int] | None = None, floating: bool = False) -> Primitive:
     """An elementwise primitive from its partial derivatives, each declared once for both rules.
 
     ``partials[i]`` gives ∂out/∂x_i: a function ``(ans, *args, **params)``, or the constant 1 or -1,
@@ -240,7 +257,8 @@ def elementwise(name: str, impl: Callable, partials: Sequence[Any], *, nondiff: 
     cotangent (for a select such as ``where``, pass ``linear=True`` maps instead: see :func:`linear`).
     """
     rules = [_partial_rule(d) for d in partials]
-    return Primitive(name, impl, elementwise=True, jvps=rules, vjps=rules, nondiff=nondiff, promote=promote)
+    return Primitive(name, impl, elementwise=True, jvps=rules, vjps=rules, nondiff=nondiff, promote=promote,
+                     floating=floating)
 
 
 class linear:

@@ -149,6 +149,7 @@ def test_dropout_draws_on_the_device_and_recompute_refuses_what_it_cannot_replay
     model = T.build_model(config, (1, 8, 8), 10)
     model.blocks()[0].append(nn.Dropout(0.5))
     streams = T.RandomStreams(config, model)
+    streams.start_epoch(1)
     drop = streams.dropout[0]
     assert dt.backend.rng_module(drop.rng) is cupy and dt.backend.rng_module(streams.tangents) is cupy
     model.to("gpu")
@@ -159,3 +160,48 @@ def test_dropout_draws_on_the_device_and_recompute_refuses_what_it_cannot_replay
     dt.activity_gradient(model, loss, x, y, k=2, rng=streams.tangents, keep="tape")
     with pytest.raises(ValueError, match="keep='tape'"):
         dt.activity_gradient(model, loss, x, y, k=2, rng=streams.tangents, keep="recompute")
+
+
+def test_every_loss_checks_devices_and_a_list_target_joins_the_logits():
+    from dualtensor.nn import functional as F
+
+    with pytest.raises(TypeError, match="mse_loss: cannot mix numpy and cupy"):
+        dt.mse_loss(np.zeros(3), gpu(np.zeros(3)))
+    with pytest.raises(TypeError, match="mse_loss: cannot mix numpy and cupy"):
+        dt.mse_loss(gpu(np.zeros(3)), np.zeros(3))
+    loss = F.cross_entropy(gpu(np.zeros((2, 3))), [0, 2])
+    assert dt.backend.is_cupy(loss) and float(loss) == pytest.approx(np.log(3))
+
+
+def test_module_to_moves_a_dropout_generator_and_recompute_rewinds_a_legacy_one():
+    from dualtensor import nn
+    from dualtensor.nn import functional as F
+
+    drop = nn.Dropout(0.5)
+    drop.to("gpu")
+    assert dt.backend.rng_module(drop.rng) is cupy
+    assert dt.backend.is_cupy(drop(gpu(np.ones((2, 3), np.float32))))
+    drop.to("cpu")
+    assert dt.backend.rng_module(drop.rng) is np
+    # keep="recompute" repeats the masks of a legacy RandomState too (the same gradients as keep="tape")
+    grads = {}
+    for keep in ("tape", "recompute"):
+        nn.init.manual_seed(0)
+        model = dt.nn.models.mlp(16, width=8, depth=1)
+        model.blocks()[0].append(nn.Dropout(0.5))
+        model.blocks()[0][-1].rng = np.random.RandomState(3)
+        x, y = np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32), np.arange(4)
+        res = dt.activity_gradient(model, lambda lg, t: F.cross_entropy(lg, t, reduction="none"), x, y, k=2,
+                                   rng=1, keep=keep)
+        grads[keep] = res.grads
+    for name in grads["tape"]:
+        np.testing.assert_allclose(grads["recompute"][name], grads["tape"][name], rtol=1e-5, atol=1e-7)
+
+
+def test_projection_keeps_a_non_finite_derivative_for_the_finite_check():
+    d = gpu(np.array([1.0, np.nan]))
+    V = gpu(np.eye(2, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = dt.fgrad.AGGREGATORS["projection"](d, V)  # no error from the solver: NaN reaches the caller
+    assert np.isnan(to_host(g)).any()

@@ -170,4 +170,31 @@ def test_a_device_generator_is_seeded_once_per_epoch_not_per_step(monkeypatch):
     config = T.TrainConfig(dataset="digits", limit=320, epochs=2, batch_size=16, width=16, k=4, quiet=True,
                            device="gpu")
     result = T.fit(config)
-    assert result.state.step == 40 and len(made) == 1 + 2  # one at the start, one per epoch
+    assert result.state.step == 40 and len(made) == 2  # one per epoch
+
+
+@pytest.mark.parametrize("at, expect", [(40, "epoch 1, step 33-64"), (73, "epoch 1, step 65-78")])
+def test_the_device_finite_check_locates_a_divergence_within_its_window(tmp_path, monkeypatch, at, expect):
+    """On a GPU the finite check is read every 32 steps and at the epoch's end (78 steps here)."""
+    import dualtensor.train.runner as R
+
+    real = R.make_step
+
+    def poisoned(model, config, tangents):
+        step, calls = real(model, config, tangents), [0]
+
+        def f(x, y):
+            calls[0] += 1
+            out = step(x, y)
+            if calls[0] == at:
+                name = next(iter(out.grads))
+                out.grads[name] = out.grads[name] * float("nan")
+            return out
+        return f
+
+    monkeypatch.setattr(R, "make_step", poisoned)
+    config = T.TrainConfig(dataset="digits", limit=1248, epochs=1, batch_size=16, width=16, k=4, quiet=True,
+                           device="gpu", out=str(tmp_path / "run"))
+    with pytest.raises(T.TrainingDiverged) as e:
+        T.fit(config)
+    assert expect in str(e.value) and load_checkpoint(tmp_path / "run" / "last.npz").epoch == 0

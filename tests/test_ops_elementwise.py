@@ -144,3 +144,14 @@ def test_zero_tangents_are_refused_where_a_dual_tensor_is_made():
         dt.DualTensor(np.ones(3), None, k=0)
     with pytest.raises(ValueError, match="k = 0"):
         dt.jvp(lambda a: a * 2, (np.ones(3),), (np.ones((0, 3)),))
+
+
+def test_dtype_rule_covers_differentiable_scalars_lists_and_true_division():
+    x = dt.dual(np.ones(3, np.float32), np.ones((2, 3), np.float32))
+    s = dt.dual(np.array(2.0), np.ones((2,)))  # a 0-d float64 DualTensor: it does not pull x up
+    for out in (x * s, s + x):
+        assert out.primal.dtype == np.float32 and out.tangent.dtype == np.float32
+    np.testing.assert_allclose((x * s).tangent, np.full((2, 3), 3.0))  # d(x s) = s dx + x ds = 2 + 1
+    assert (x + [1.0, 2.0, 3.0]).primal.dtype == np.float32  # a list is an array of the default dtype
+    assert dt.divide(np.arange(3, dtype=np.int8), 2).dtype == dt.get_default_dtype()
+    assert dt.add(np.arange(3, dtype=np.int8), 1).dtype == np.int8

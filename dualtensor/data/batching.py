@@ -47,7 +47,9 @@ class Batches:
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         order = epoch_order(len(self.y), self.seed, self.epoch, self.shuffle)
-        on_host = isinstance(self.x, np.ndarray) and isinstance(self.y, np.ndarray)
+        from dualtensor.backend import is_cupy
+
+        on_host = not (is_cupy(self.x) or is_cupy(self.y))
         if not on_host:
             from dualtensor.backend import get_xp
 

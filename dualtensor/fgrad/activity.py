@@ -18,14 +18,13 @@ Two ways to get the block-local VJPs (``keep``):
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..autodiff import backward, vjp
-from ..backend import get_xp
+from ..backend import generator_state, get_xp, set_generator_state
 from ..nn.models.blocked import probe_blocks
 from ..tensor import DualTensor, Traced, Zero
 from . import samplers as _samplers
@@ -47,15 +46,27 @@ def draws_per_block(sampler: Any) -> bool:
     return getattr(draw, "func", draw) in _IID
 
 
+class _TangentDraw:
+    """The one way activity perturbation draws tangents (see :func:`draws_per_block`)."""
+
+    def __init__(self, sampler: Any, k: int, rng: Any, xp: Any, batch: int, shared: bool):
+        self.draw, self.k, self.rng, self.xp, self.batch, self.shared = get_sampler(sampler), k, rng, xp, batch, shared
+        self.per_block = draws_per_block(self.draw)
+
+    def __call__(self, n: int, dtype: Any) -> Any:
+        """(k, batch, n) tangents: one block's part, or (not per block) all n entries at once."""
+        return self.draw(self.k, (n,), self.rng, dtype=dtype, xp=self.xp, batch=self.batch, shared=self.shared)
+
+
 def activity_tangents(sampler: Any, k: int, sizes: Sequence[int], rng: Any, *, dtype: Any, xp: Any, batch: int,
                       shared: bool = False) -> list:
     """The per-block tangent stacks ``(k, batch, n_i)`` that :func:`activity_gradient` draws from
     ``rng`` for blocks whose per-sample output sizes are ``sizes``: the same numbers in the same
     order (to reproduce its tangents, e.g. one tangent at a time)."""
-    draw = get_sampler(sampler)
-    if draws_per_block(draw):
-        return [draw(k, (n,), rng, dtype=dtype, xp=xp, batch=batch, shared=shared) for n in sizes]
-    V = draw(k, (sum(sizes),), rng, dtype=dtype, xp=xp, batch=batch, shared=shared)
+    draw = _TangentDraw(sampler, k, rng, xp, batch, shared)
+    if draw.per_block:
+        return [draw(n, dtype) for n in sizes]
+    V = draw(sum(sizes), dtype)
     offsets = np.cumsum([0, *sizes])
     return [V[:, :, a:b] for a, b in zip(offsets[:-1], offsets[1:])]
 
@@ -82,12 +93,14 @@ def _snapshot(block: Any) -> tuple[dict, list]:
     rngs = []
     for m in block.modules():
         rng = getattr(m, "rng", None)
-        if rng is not None and hasattr(rng, "bit_generator"):
-            if not hasattr(rng.bit_generator, "state"):
-                raise ValueError(f"activity_gradient(keep='recompute'): {type(m).__name__} draws from a generator "
-                                 "whose state cannot be saved (CuPy's), so a re-run cannot repeat its masks; use "
-                                 "keep='tape'")
-            rngs.append((rng, copy.deepcopy(rng.bit_generator.state)))
+        if rng is None or isinstance(rng, (int, np.integer)):
+            continue
+        try:
+            rngs.append((rng, generator_state(rng)))
+        except ValueError:
+            raise ValueError(f"activity_gradient(keep='recompute'): {type(m).__name__} draws from a generator whose "
+                             "state cannot be saved (CuPy's), so a re-run cannot repeat its masks; use "
+                             "keep='tape'") from None
     return buffers, rngs
 
 
@@ -96,7 +109,7 @@ def _restore(block: Any, saved: tuple[dict, list]) -> None:
     if buffers:
         block.load_state_dict(buffers, strict=False)  # copied into the buffers in place
     for rng, state in rngs:
-        rng.bit_generator.state = state
+        set_generator_state(rng, state)
 
 
 def exact_activation_gradients(blocks: Sequence[Any], loss_fn: Callable, x: Any, y: Any,
@@ -165,13 +178,11 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
     agg = get_aggregator(aggregate, scale=True) if scale else get_aggregator(aggregate)
     V = tangents
     draw = None
-    if V is None:
-        draw = get_sampler(sampler)
-        rng = as_generator(rng, xp)  # one generator for all blocks (a seed must not restart per block)
-        if not draws_per_block(draw):  # structured: draw the whole (k, B, n) at once (as activity_tangents)
+    if V is None:  # one generator for all blocks (a seed must not restart per block)
+        draw = _TangentDraw(sampler, k, as_generator(rng, xp), xp, B, shared)
+        if not draw.per_block:  # structured: draw the whole (k, B, n) at once
             probe_sizes, dtype = probe_blocks(blocks, x)  # costs 1/B of a primal forward pass
-            V = draw(k, (sum(probe_sizes),), rng, dtype=dtype, xp=xp, batch=B, shared=shared)
-            draw = None
+            V, draw = draw(sum(probe_sizes), dtype), None
 
     leaves: dict[int, tuple[str, Any]] = {}       # traced leaf id -> (name, parameter)
     traces, inputs, sizes, shapes, V_parts, sim_leaves = [], [], [], [], [], []
@@ -199,7 +210,7 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
         n_i = int(np.prod(primal.shape[1:]))
         sizes.append(n_i)
         if draw is not None:
-            v_i = draw(k, (n_i,), rng, dtype=primal.dtype, xp=xp, batch=B, shared=shared)
+            v_i = draw(n_i, primal.dtype)
             V_parts.append(v_i)
         else:
             if offset + n_i > V.shape[-1]:

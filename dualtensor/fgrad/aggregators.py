@@ -141,6 +141,7 @@ def _cholesky_solve(G: Any, rhs: Any, xp: Any) -> tuple[Any, Any]:
     and reproduce G (‖L Lᵀ − G‖ ≤ √eps·‖G‖), since CuPy's Cholesky does not raise. The estimate
     (max_i L_ii / min_i L_ii)² is a cheap lower bound on cond₂(G) from the Cholesky factor.
     """
+    G = 0.5 * (G + xp.swapaxes(G, -1, -2))  # exactly symmetric, whatever the GEMM's summation order
     L = cholesky(G)
     diag = xp.abs(xp.diagonal(L, axis1=-2, axis2=-1))
     dmin = diag.min(axis=-1)

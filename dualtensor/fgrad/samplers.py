@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..backend import get_default_dtype, is_cupy, rng_module
+from ..backend import generator_for, get_default_dtype, is_cupy, rng_module
 
 __all__ = ["normal", "rademacher", "orthonormal", "basis", "cone", "varying_length", "supplied",
            "validate_tangents", "as_generator", "get_sampler", "register_sampler", "SAMPLERS"]
@@ -34,31 +34,16 @@ Sampler = Callable[..., Any]
 _CHUNK = 1 << 18  # Rademacher numbers converted per chunk (keeps the bit temporary in cache)
 
 
-def _module_of_rng(rng: Any) -> types.ModuleType | None:
-    """cupy for a CuPy generator, else None."""
-    return None if rng_module(rng) in (None, np) else rng_module(rng)
-
-
 def as_generator(rng: Any = None, xp: types.ModuleType | None = None) -> Any:
     """A ``Generator`` of array module ``xp`` from a seed, ``None`` or an existing generator.
 
-    A NumPy generator asked for on CuPy seeds a fresh CuPy generator from it (and vice versa),
-    so a single seeded NumPy generator can drive GPU sampling reproducibly. Seeding a CuPy generator
-    sets up its whole bank of curand states, so to draw often on a GPU pass one CuPy generator
+    ``xp`` defaults to the generator's module, else numpy. A generator of the other module seeds a
+    fresh one from its stream (:func:`dualtensor.backend.generator_for`), so a single seeded NumPy
+    generator can drive GPU sampling reproducibly. Seeding a CuPy generator sets up its whole bank of
+    curand states, so to draw often on a GPU pass one CuPy generator
     (``dualtensor.backend.default_rng(seed, cupy)``), as training does once per epoch.
     """
-    xp = xp or _module_of_rng(rng) or np
-    if xp is np:
-        if isinstance(rng, np.random.Generator):
-            return rng
-        if _module_of_rng(rng) is not None:  # cupy generator, numpy wanted
-            rng = int(rng.integers(0, 2**62, size=1).get()[0])
-        return np.random.default_rng(rng)
-    if _module_of_rng(rng) is not None:
-        return rng
-    if isinstance(rng, np.random.Generator):
-        rng = int(rng.integers(0, 2**62))
-    return xp.random.default_rng(rng)
+    return generator_for(rng, xp or rng_module(rng) or np)
 
 
 def _float_dtype(dtype: Any) -> np.dtype:
@@ -76,7 +61,7 @@ def _setup(k: int, shape: Any, rng: Any, dtype: Any, xp: Any) -> tuple:
     if int(k) != k or k < 1:
         raise ValueError(f"number of tangents k must be a positive integer, got {k!r}")
     shape = _shape(shape)
-    xp = xp or _module_of_rng(rng) or np
+    xp = xp or rng_module(rng) or np
     return int(k), shape, math.prod(shape), as_generator(rng, xp), _float_dtype(dtype), xp
 
 

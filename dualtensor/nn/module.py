@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..tensor import primal_of
-from ..backend import device_of, to_device
+from ..backend import array_module, device_of, generator_for, rng_module, to_device
 from ..tensor import TensorOps
 
 
@@ -163,8 +163,12 @@ class Module:
                 own[name][...] = arr
 
     def to(self, device: str) -> "Module":
-        """Move parameters and buffers to ``"cpu"`` or ``"gpu"``."""
+        """Move parameters and buffers to ``"cpu"`` or ``"gpu"``; a module's own random generator
+        (dropout's ``rng``) is replaced by one of that device, seeded from it."""
         for m in self.modules():
+            rng = getattr(m, "rng", None)
+            if rng_module(rng) is not None:
+                m.rng = generator_for(rng, array_module(device))
             for p in m._parameters.values():
                 p.data = to_device(p.data, device)
                 if p.grad is not None:

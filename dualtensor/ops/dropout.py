@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..tensor import primal_of
-from ..backend import default_rng, get_xp as _xp
+from ..backend import default_generator, default_rng, get_xp as _xp
 from ..core import Primitive
 from ..tensor import DualTensor, Traced, describe
 
@@ -13,7 +13,9 @@ __all__ = ["dropout"]
 
 
 def _draw_keep(xp: Any, rng: Any, shape: tuple, dtype: Any, p: float) -> Any:
-    gen = rng if hasattr(rng, "random") else default_rng(rng, xp)
+    # a generator of the input's device draws there; one of the other device draws where it lives
+    # (then the mask is copied), as seeding a new device generator per call would cost far more
+    gen = rng if hasattr(rng, "random") else default_generator(xp) if rng is None else default_rng(rng, xp)
     try:
         u = gen.random(shape, dtype=dtype)
     except TypeError:  # e.g. a legacy RandomState without dtype support

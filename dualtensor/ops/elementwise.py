@@ -42,7 +42,8 @@ def divide(x: Any, y: Any) -> Any:
     return _divide(x, y)
 
 
-_divide = elementwise("divide", lambda x, y: x / y, [lambda ans, x, y: 1 / y, lambda ans, x, y: -(ans / y)])
+_divide = elementwise("divide", lambda x, y: x / y, [lambda ans, x, y: 1 / y, lambda ans, x, y: -(ans / y)],
+                      floating=True)
 
 
 def power(x: Any, y: Any) -> Any:
@@ -271,8 +272,8 @@ def clip(x: Any, lo: Any = None, hi: Any = None) -> Any:
     return _clip(x, lo, hi)
 
 
-_clip = elementwise("clip", lambda x, lo, hi: _xp(x).clip(x, lo, hi), [lambda ans, x, lo, hi: _inside(x, lo, hi)],
-                     nondiff=(1, 2))
+_clip = elementwise("clip", lambda x, lo, hi: _xp(x).clip(x, lo, hi),
+                    [lambda ans, x, lo, hi: _inside(x, lo, hi)], nondiff=(1, 2))
 
 
 def where(cond: Any, x: Any, y: Any) -> Any:

@@ -92,7 +92,7 @@ def _targets(op: str, input: Any, target: Any, weight: Any, smoothing: float, ig
     xp, dtype, xs, cax, c, ts = _logits_info(op, input)
     t0 = primal_of(target)
     if not hasattr(t0, "dtype"):
-        t0 = np.asarray(t0)
+        t0 = xp.asarray(t0)  # a list of class indices: on the logits' device
     _xp(primal_of(input), t0, primal_of(weight) if weight is not None else None, op=op)  # one device for all
     weight = _class_weight(op, weight, c, xp, dtype)
     tshape, kind = tuple(t0.shape), t0.dtype.kind
@@ -201,6 +201,7 @@ def mse_loss(input: Any, target: Any, reduction: str = "mean") -> Any:
     """Mean squared error (x - y)^2 with reduction 'mean', 'sum' or 'none' (torch.nn.functional.mse_loss)."""
     _check_reduction("mse_loss", reduction)
     x0, y0 = primal_of(input), primal_of(target)
+    _xp(x0, y0, op="mse_loss")  # one device for both
     xs, ys = tuple(np.shape(x0)), tuple(np.shape(y0))
     if xs != ys:
         raise ValueError(f"mse_loss: input shape {xs} and target shape {ys} must match")

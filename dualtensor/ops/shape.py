@@ -308,7 +308,8 @@ def _check_bounds(key: tuple, shape: tuple) -> None:
         if e is None:
             continue
         if hasattr(e, "dtype") and e.dtype.kind in "iu" and e.size and axis < len(shape):
-            checks.append(((e < -shape[axis]) | (e >= shape[axis])).any())
+            i = e.astype(np.int64, copy=False)  # unsigned indices would not compare with -n
+            checks.append(((i < -shape[axis]) | (i >= shape[axis])).any())
         axis += e.ndim if hasattr(e, "dtype") and e.dtype.kind == "b" else 1
     if checks and bool(_xp(*checks).stack(checks).any()):
         raise IndexError(f"getitem: an integer index array is out of bounds for shape {shape}")

@@ -88,20 +88,27 @@ class RandomStreams:
 
     Nothing about them needs saving: a run resumed at an epoch boundary draws exactly what the
     uninterrupted run drew (CuPy's generators cannot save their state at all), and a GPU seeds one
-    generator per epoch instead of one per step.
+    generator per epoch (and per dropout module) instead of one per step. Epoch 1's are made when
+    first asked for.
     """
 
     def __init__(self, config: TrainConfig, model: Any):
         self.config, self.model = config, model
         self.dropout = [m for _, m in dropout_modules(model)]
-        self.tangents: Any = None
-        self.start_epoch(1)
+        self._tangents: Any = None
+
+    @property
+    def tangents(self) -> Any:
+        """The tangent generator of the current epoch."""
+        if self._tangents is None:
+            self.start_epoch(1)
+        return self._tangents
 
     def start_epoch(self, epoch: int) -> None:
         """Seed the generators of ``epoch`` (1-based)."""
         from ..backend import array_module, default_rng
 
         xp = array_module(self.config.device)
-        self.tangents = tangent_generator(self.config, epoch)
+        self._tangents = tangent_generator(self.config, epoch)
         for i, m in enumerate(self.dropout):
             m.rng = default_rng([self.config.seed, *_DROPOUT_STREAM, i, epoch], xp)

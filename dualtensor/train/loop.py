@@ -6,6 +6,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ..backend import get_xp, quiet_float_errors, synchronize
 from .steps import Step, StepOutput
 
@@ -17,7 +19,7 @@ class EpochStats:
     """Running totals of one epoch. The loss and accuracy sums stay on the device (0-d arrays) until
     :attr:`loss` or :attr:`acc` is read, so a step adds no device-to-host sync."""
 
-    loss_sum: Any = 0.0
+    loss_sum: Any = np.float64(0.0)
     correct: Any = 0
     seen: int = 0
     steps: int = 0
@@ -36,7 +38,7 @@ class EpochStats:
     def add(self, out: StepOutput, y: Any) -> None:
         """Count one step's batch: its loss, its correct predictions, its samples."""
         b = int(y.shape[0])
-        self.loss_sum = self.loss_sum + out.loss * b
+        self.loss_sum = self.loss_sum + out.loss * b  # float64: loss_sum starts as a NumPy float64
         self.correct = self.correct + (out.logits.argmax(axis=1) == y).sum()
         self.seen += b
         self.steps += 1

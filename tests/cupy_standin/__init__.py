@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import math
 import operator
 import sys
@@ -263,7 +264,11 @@ class ndarray:
         return (ndarray(self._a[i]) for i in range(len(self._a)))
 
     def __getitem__(self, key: Any) -> "ndarray":
-        return _wrap(self._a[_wrap_indices(_unwrap(key, host_ok=True), self._a.shape)])
+        key = _unwrap(key, host_ok=True)
+        if any(getattr(k, "dtype", None) == bool and getattr(k, "ndim", 0) > 0
+               for k in (key if isinstance(key, tuple) else (key,))):
+            _sync()  # a boolean mask's result size is counted on the device and read on the host
+        return _wrap(self._a[_wrap_indices(key, self._a.shape)])
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self._a[_wrap_indices(_unwrap(key, host_ok=True), self._a.shape)] = _unwrap(value, host_ok=True)
@@ -405,6 +410,18 @@ def _as_strided(x: Any, shape: Any = None, strides: Any = None) -> ndarray:
     return ndarray(np.lib.stride_tricks.as_strided(_unwrap(x), shape, strides, writeable=True))
 
 
+def _sized_by_data(name: str) -> Any:
+    """Functions whose result size depends on the data (CuPy reads a count from the device)."""
+    fn = _from_numpy(np, name)
+
+    def counted(*args: Any, **kw: Any) -> Any:
+        _sync()
+        return fn(*args, **kw)
+
+    counted.__name__ = name
+    return counted
+
+
 def _take(a: Any, indices: Any, axis: Any = None, out: Any = None) -> ndarray:
     x = _unwrap(a)
     idx = np.asarray(_unwrap(indices, host_ok=True))
@@ -444,13 +461,18 @@ def _qr(a: Any, mode: str = "reduced") -> Any:
 
 
 class _BitGenerator:
-    """CuPy's bit generators offer ``random_raw`` only (no ``state``)."""
+    """CuPy's default bit generator (XORWOW): ``random_raw``, and ``state`` as a method (the device
+    address of its curand states), not NumPy's settable dict; it holds a lock, so it cannot be copied."""
 
     def __init__(self, gen: np.random.Generator):
         self._gen = gen
+        self._lock = threading.Lock()
 
     def random_raw(self, size: Any = None, output: bool = True) -> Any:
         return _wrap(self._gen.bit_generator.random_raw(size)) if output else None
+
+    def state(self) -> int:
+        return id(self)
 
 
 class Generator:
@@ -546,12 +568,14 @@ def _solve_triangular(a: Any, b: Any, trans: Any = 0, lower: bool = False, unit_
 
     A, B = _unwrap(a), _unwrap(b)
     if A.ndim == 2:
-        return ndarray(scipy.linalg.solve_triangular(A, B, trans=trans, lower=lower, unit_diagonal=unit_diagonal))
+        return ndarray(scipy.linalg.solve_triangular(A, B, trans=trans, lower=lower, unit_diagonal=unit_diagonal,
+                                                     check_finite=False))  # cupyx never checks
     lead = A.shape[:-2]
     Bf = np.broadcast_to(B, (*lead, *B.shape[-(B.ndim - len(lead)):])) if B.ndim > len(lead) else B
     out = np.empty(np.broadcast_shapes(Bf.shape, Bf.shape), np.result_type(A, B))
     for i in np.ndindex(*lead):
-        out[i] = scipy.linalg.solve_triangular(A[i], Bf[i], trans=trans, lower=lower, unit_diagonal=unit_diagonal)
+        out[i] = scipy.linalg.solve_triangular(A[i], Bf[i], trans=trans, lower=lower, unit_diagonal=unit_diagonal,
+                                               check_finite=False)
     return ndarray(out)
 
 
@@ -563,6 +587,7 @@ def _build() -> dict[str, types.ModuleType]:
         "ascontiguousarray": lambda a, dtype=None: _asarray(np.ascontiguousarray(_unwrap(a), dtype=dtype)),
         "asnumpy": _asnumpy, "get_array_module": _get_array_module, "broadcast_to": _broadcast_to,
         "take": _take, "__version__": __version__, "get_default_memory_pool": lambda: _POOL,
+        **{n: _sized_by_data(n) for n in ("nonzero", "argwhere", "flatnonzero", "compress", "unique", "extract")},
         "get_default_pinned_memory_pool": lambda: _POOL, "RawKernel": None, "ElementwiseKernel": None})
     del cp.__dict__["RawKernel"], cp.__dict__["ElementwiseKernel"]  # GPU kernels: absent, not callable
     linalg = _Module("cupy.linalg", np.linalg, {"cholesky": _cholesky, "qr": _qr,

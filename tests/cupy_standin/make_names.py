@@ -21,7 +21,8 @@ from pathlib import Path
 
 MODULES = ("cupy", "cupy.linalg", "cupy.random", "cupy.fft", "cupy.lib", "cupy.lib.stride_tricks", "cupy.cuda",
            "cupyx", "cupyx.scipy", "cupyx.scipy.special", "cupyx.scipy.linalg")
-CLASSES = ("cupy.ndarray", "cupy.random.Generator", "cupy.random.BitGenerator", "cupy._core.flags.Flags",
+CLASSES = ("cupy.ndarray", "cupy.random.Generator", "cupy.random.BitGenerator", "cupy.random.XORWOW",
+           "cupy._core.flags.Flags",
            "cupy.cuda.Stream", "cupy.cuda.MemoryPool")
 _SIG = re.compile(r"^\s*(?:[\w.]+\.)?(\w+)(\(.*\))")
 
