@@ -267,8 +267,11 @@ class RunDir:
                 raise RunDirError(f"{path} was changed since dualtensor wrote it (or was not written by it); "
                                   "move it away to let the run continue")
 
+            # the file on disk is the recorded version changed() just matched: keep that entry, no rehash
+            current = [v for v in self._files.get(name, []) if path.exists() and v[:3] == _stat(path)][:1]
+
             def record(tmp: Path) -> None:  # the new version is accepted before the rename makes it current
-                self._files[name] = [*([_entry(path)] if path.exists() else []), _entry(tmp)]
+                self._files[name] = [*current, _entry(tmp)]
                 self._write_manifest()
 
             atomic_write(path, write, before_replace=record)
