@@ -10,6 +10,8 @@ import types
 from typing import Any
 
 import numpy as np
+# loaded with the package, so thread limits (threadpoolctl) set after import reach its BLAS too
+from scipy.linalg import blas as _blas
 
 _cupy: types.ModuleType | None = None
 _cupy_tried = False
@@ -204,6 +206,34 @@ def scatter_add(xp: types.ModuleType, target: Any, index: Any, values: Any) -> N
         import cupyx
 
         cupyx.scatter_add(target, index, values)
+
+
+def gemm(a: Any, b: Any, out: Any, accumulate: bool = False) -> Any:
+    """``out = a @ b``, or ``out += a @ b`` with ``accumulate``, for 2-d operands and a C-contiguous
+    ``out``. On NumPy the accumulation is one BLAS call with beta = 1 (no temporary for the product),
+    where the dtypes agree; a row block ``x[i:j]`` of a C-contiguous matrix is an operand without a copy."""
+    xp = get_xp(a, b, out)
+    if not accumulate:
+        return xp.matmul(a, b, out=out)
+    if xp is np and out.flags.c_contiguous and a.dtype == b.dtype == out.dtype and out.dtype.char in "fd":
+        # BLAS is column-major: out^T = b^T a^T, each operand passed as a Fortran-ordered matrix
+        (fa, ta), (fb, tb) = _fortran_operand(b), _fortran_operand(a)
+        fn = _blas.sgemm if out.dtype.char == "f" else _blas.dgemm
+        res = fn(1.0, fa, fb, beta=1.0, c=out.T, trans_a=ta, trans_b=tb, overwrite_c=1)
+        if res.ctypes.data != out.ctypes.data:  # f2py copied instead of writing in place
+            out[...] = res.T
+        return out
+    out += a @ b
+    return out
+
+
+def _fortran_operand(x: Any) -> tuple[Any, int]:
+    """``x^T`` as a (Fortran-ordered matrix, transpose flag) pair for a column-major BLAS call."""
+    if x.flags.c_contiguous:
+        return x.T, 0
+    if x.flags.f_contiguous:
+        return x, 1
+    return np.ascontiguousarray(x).T, 0
 
 
 def cholesky(G: Any) -> Any:

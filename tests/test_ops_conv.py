@@ -1,7 +1,8 @@
 """Rules of conv2d: loop references, finite differences, stacking, adjoints, options and errors.
 
-Both column layouts are covered: batched (B, G, CKK, L) and flat (G, CKK, B*L), forced through
-``conv._FLAT_MAX_L`` (0: always batched; huge: always flat).
+Every layout is covered: the im2col columns batched (B, G, CKK, L) and flat (G, CKK, B*L), forced through
+``conv._FLAT_MAX_L`` (0: always batched; huge: always flat), and the shifted GEMMs of stride-1 one-group
+convolutions, forced through ``conv._SHIFT_MAX_WASTE`` (0: never; huge: wherever they apply).
 """
 import contextlib
 import math
@@ -47,17 +48,34 @@ def sym(p):
     return ((p[0], p[0]), (p[1], p[1]))
 
 
-LAYOUTS = {"batched": 0, "flat": 10 ** 9}
+IM2COL_LAYOUTS = {"batched": 0, "flat": 10 ** 9}
+LAYOUTS = [*IM2COL_LAYOUTS, "shift"]
+
+
+def _settings(name):
+    """The conv module settings forcing the layout ``name``."""
+    shift = name == "shift"
+    return {"_FLAT_MAX_L": IM2COL_LAYOUTS.get(name, conv_mod._FLAT_MAX_L),
+            "_SHIFT_MAX_WASTE": 10 ** 9 if shift else 0, "_SHIFT_MIN_CHANNELS": 1 if shift else 10 ** 9}
 
 
 @contextlib.contextmanager
 def layout(name):
-    """Force the column layout (usable inside hypothesis tests, unlike monkeypatch)."""
-    old, conv_mod._FLAT_MAX_L = conv_mod._FLAT_MAX_L, LAYOUTS[name]
+    """Force the layout (usable inside hypothesis tests, unlike monkeypatch)."""
+    new = _settings(name)
+    old = {a: getattr(conv_mod, a) for a in new}
+    for a, v in new.items():
+        setattr(conv_mod, a, v)
     try:
         yield
     finally:
-        conv_mod._FLAT_MAX_L = old
+        for a, v in old.items():
+            setattr(conv_mod, a, v)
+
+
+def force_layout(monkeypatch, name):
+    for a, v in _settings(name).items():
+        monkeypatch.setattr(conv_mod, a, v)
 
 
 @st.composite
@@ -118,11 +136,11 @@ def test_conv2d_k8_stacked(xp, lay):
                     ref=lambda x, w, b: ref_conv2d(x, w, b, (2, 1), sym((1, 1)), (1, 2), 2))
 
 
-@pytest.mark.parametrize("lay,small_ckk", [("batched", 0), ("batched", 10 ** 9), ("flat", 0)])
+@pytest.mark.parametrize("lay,small_ckk", [("batched", 0), ("batched", 10 ** 9), ("flat", 0), ("shift", 0)])
 @pytest.mark.parametrize("groups", [1, 2])
 def test_conv2d_weight_tangent_all_gemm_layouts(xp, monkeypatch, lay, small_ckk, groups):
     monkeypatch.setattr(conv_mod, "_SMALL_CKK", small_ckk)
-    monkeypatch.setattr(conv_mod, "_FLAT_MAX_L", LAYOUTS[lay])
+    force_layout(monkeypatch, lay)
     x, w, b = noncontig(make(xp, (2, 4, 5, 6), 8)), make(xp, (6, 4 // groups, 2, 3), 9), make(xp, (6,), 10)
     ref = lambda x, w, b: ref_conv2d(x, w, b, (1, 2), sym((1, 0)), (2, 1), groups)  # noqa: E731
     f = lambda x, w, b: dt.conv2d(x, w, b, stride=(1, 2), padding=(1, 0), dilation=(2, 1), groups=groups)  # noqa: E731
@@ -132,7 +150,7 @@ def test_conv2d_weight_tangent_all_gemm_layouts(xp, monkeypatch, lay, small_ckk,
 
 @pytest.mark.parametrize("lay", list(LAYOUTS))
 def test_conv2d_float32_preserved(xp, monkeypatch, lay):
-    monkeypatch.setattr(conv_mod, "_FLAT_MAX_L", LAYOUTS[lay])
+    force_layout(monkeypatch, lay)
     x = make(xp, (2, 3, 8, 8), 0, dtype=np.float32)
     w = make(xp, (4, 3, 3, 3), 1, dtype=np.float32)
     b = make(xp, (4,), 2, dtype=np.float32)
@@ -153,11 +171,11 @@ def test_conv2d_float32_preserved(xp, monkeypatch, lay):
     np.testing.assert_allclose(to_np(y.tangent), to_np(y64.tangent), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("lay", list(LAYOUTS))
+@pytest.mark.parametrize("lay", list(IM2COL_LAYOUTS))
 def test_conv2d_im2col_once_per_call(xp, monkeypatch, lay):
     """The primal columns are built once and reused; input tangents share one more im2col for all k
     (k * B images fit in one _IM2COL_BYTES chunk here; chunking is tested below)."""
-    monkeypatch.setattr(conv_mod, "_FLAT_MAX_L", LAYOUTS[lay])
+    force_layout(monkeypatch, lay)
     calls = []
     orig = conv_mod._im2col
     monkeypatch.setattr(conv_mod, "_im2col", lambda x, *a: calls.append(x.shape) or orig(x, *a))
@@ -172,11 +190,11 @@ def test_conv2d_im2col_once_per_call(xp, monkeypatch, lay):
     assert calls == [(2, 3, 6, 6), (k * 2, 3, 6, 6)]
 
 
-@pytest.mark.parametrize("lay", list(LAYOUTS))
+@pytest.mark.parametrize("lay", list(IM2COL_LAYOUTS))
 @pytest.mark.parametrize("budget_tangents", [1, 2, 5])
 def test_conv2d_input_tangents_im2col_in_chunks(xp, monkeypatch, lay, budget_tangents):
     """Input-tangent columns are built in ceil(k / tangents-per-chunk) im2col calls under _IM2COL_BYTES, same result."""
-    monkeypatch.setattr(conv_mod, "_FLAT_MAX_L", LAYOUTS[lay])
+    force_layout(monkeypatch, lay)
     x, w, b = make(xp, (2, 3, 6, 6), 0), make(xp, (4, 3, 3, 3), 1), make(xp, (4,), 2)
     k = 5
     rng = np.random.default_rng(1)
@@ -203,6 +221,58 @@ def test_conv2d_layout_chosen_by_output_size(xp, monkeypatch, hw, padding, flat)
     x, w = make(xp, (1, 2) + hw, 0), make(xp, (2, 2, 3, 3), 1)
     check_rules(lambda x, w: dt.conv2d(x, w, padding=padding), (x, w), diff=(0, 1), k=2)
     assert seen and set(seen) == {flat}
+
+
+@pytest.mark.parametrize("xs,ws,opts,shift", [
+    ((2, 8, 28, 28), (4, 8, 3, 3), dict(padding=1), True),     # padded grid 900 / 784 output positions
+    ((2, 8, 14, 14), (4, 8, 3, 3), dict(padding=1), True),     # 256 / 196, just under the threshold
+    ((2, 7, 28, 28), (4, 7, 3, 3), dict(padding=1), False),    # fewer than _SHIFT_MIN_CHANNELS
+    ((2, 8, 8, 8), (4, 8, 3, 3), dict(padding=1), False),      # 100 / 64: too many dropped rows
+    ((2, 8, 28, 28), (4, 8, 3, 3), dict(padding=1, stride=2), False),
+    ((2, 8, 28, 28), (4, 4, 3, 3), dict(padding=1, groups=2), False),
+    ((2, 8, 28, 28), (4, 8, 1, 1), {}, False),                 # 1x1: the columns are a view already
+])
+def test_conv2d_shift_chosen_by_waste(xp, xs, ws, opts, shift):
+    """The shifted GEMMs run for stride-1 one-group convolutions whose padded grid is at most
+    _SHIFT_MAX_WASTE times the output, for the primal, the tangents and the VJPs alike."""
+    x, w = make(xp, xs, 0, dtype=np.float32), make(xp, ws, 1, dtype=np.float32)
+    saved = []
+    orig = conv_mod._conv2d_impl
+
+    def spy(*a, **kw):
+        ans = orig(*a, **kw)
+        saved.append(isinstance(ans[1], conv_mod._Grid))
+        return ans
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(conv_mod._conv2d, "impl", spy)
+        dt.conv2d(x, w, **opts)
+    assert saved == [shift]
+    with layout("batched"):
+        want = dt.conv2d(x, w, **opts)
+    np.testing.assert_allclose(to_np(dt.conv2d(x, w, **opts)), to_np(want), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("diff", [(0,), (1,), (2,), (0, 1, 2)])
+def test_conv2d_shift_tangents_equal_im2col(xp, diff):
+    """Shift and im2col layouts give the same tangents and VJPs at the shapes the models use (k = 3,
+    dilation and unbatched input included)."""
+    rng = np.random.default_rng(4)
+    for xs, ws, opts in [((3, 5, 16, 15), (6, 5, 3, 3), dict(padding=1, dilation=1)),
+                         ((4, 17, 18), (3, 4, 3, 2), dict(padding=(2, 1), dilation=(2, 1)))]:
+        args = [make(xp, xs, 0), make(xp, ws, 1), make(xp, (ws[0],), 2)]
+        duals = [dt.DualTensor(a, xp.asarray(rng.standard_normal((3, *a.shape)))) if i in diff else a
+                 for i, a in enumerate(args)]
+        g = None
+        res = {}
+        for lay in ("shift", "batched"):
+            with layout(lay):
+                y = dt.conv2d(*duals, **opts)
+                g = g if g is not None else xp.asarray(rng.standard_normal(y.shape))
+                _, vjp_fn = dt.vjp(lambda x, w, b: dt.conv2d(x, w, b, **opts), *args)
+                res[lay] = [to_np(y.tangent)] + [to_np(v) for v in vjp_fn(g)]
+        for a, b in zip(res["shift"], res["batched"]):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
 def test_conv2d_bias_only_tangent(xp):
@@ -251,3 +321,21 @@ def test_conv2d_bad_bias_and_dtype():
         dt.conv2d(x, w, np.zeros(4))
     with pytest.raises(TypeError, match=r"conv2d: input must be a floating array.*int"):
         dt.conv2d(np.zeros((2, 3, 8, 8), dtype=np.int64), w)
+
+
+def test_conv2d_shift_results_are_channels_last(xp):
+    """Shifted-GEMM results, tangents and input cotangents are channels-last views in (N, C, H, W)
+    order (no transposing copy); a following shifted convolution reads them directly."""
+    x, w, b = make(xp, (2, 8, 16, 16), 0), make(xp, (6, 8, 3, 3), 1), make(xp, (6,), 2)
+    t = xp.asarray(np.random.default_rng(3).standard_normal((3, 2, 8, 16, 16)))
+    with layout("shift"):
+        y = dt.conv2d(dt.DualTensor(x, t), dt.DualTensor(w, xp.ones((3, 6, 8, 3, 3))), b, padding=1)
+        _, vjp_fn = dt.vjp(lambda x: dt.conv2d(x, w, b, padding=1), x)
+        gx = vjp_fn(xp.ones((2, 6, 16, 16)))[0]
+        z = dt.conv2d(y, xp.ones((4, 6, 3, 3)), padding=1)
+    assert y.primal.strides[1] == y.primal.itemsize and y.tangent.strides[2] == y.tangent.itemsize
+    assert gx.strides[1] == gx.itemsize
+    with layout("batched"):
+        want = dt.conv2d(dt.DualTensor(xp.ascontiguousarray(y.primal), xp.ascontiguousarray(y.tangent)),
+                         xp.ones((4, 6, 3, 3)), padding=1)
+    np.testing.assert_allclose(to_np(z.tangent), to_np(want.tangent), rtol=1e-10, atol=1e-9)

@@ -207,3 +207,30 @@ def test_bad_input(f, shape, match):
 def test_integer_input_rejected():
     with pytest.raises(TypeError, match=r"max_pool2d: input must be a floating array"):
         dt.max_pool2d(np.zeros((1, 1, 4, 4), dtype=np.int32), 2)
+
+
+def test_max_pool2d_nan_wins_and_lost_cells_do_not_leak(xp):
+    """torch's rule: a NaN in a window is its maximum (the last NaN's cell is picked); the tangent of
+    the picked cell is taken exactly, so inf or NaN tangents of cells that lost do not leak."""
+    x = xp.asarray(np.array([[[[1.0, np.nan, 3.0, 0.0], [np.nan, 2.0, 5.0, 4.0]]]]))
+    t = xp.asarray(np.array([[[[10.0, 11.0, np.inf, np.nan], [12.0, 13.0, 14.0, -np.inf]]]]))
+    y = dt.max_pool2d(dt.DualTensor(x, t[None]), 2)
+    out, tan = to_np(y.primal)[0, 0, 0], to_np(y.tangent)[0, 0, 0, 0]
+    assert np.isnan(out[0]) and out[1] == 5.0
+    np.testing.assert_array_equal(tan, [12.0, 14.0])  # the last NaN (row 1, col 0); the 5 at (1, 2)
+    _, vjp_fn = dt.vjp(lambda x: dt.max_pool2d(x, 2), x)
+    (g,) = vjp_fn(xp.asarray(np.array([[[[np.inf, 2.0]]]])))
+    np.testing.assert_array_equal(to_np(g)[0, 0], [[0, 0, 0, 0], [np.inf, 0, 2.0, 0]])
+
+
+def test_max_pool2d_keeps_the_input_memory_layout(xp):
+    """A channels-last input (as conv2d's shifted-GEMM results are) gives channels-last results and
+    cotangents, so the next convolution needs no transposing copy."""
+    x = xp.ascontiguousarray(make(xp, (2, 6, 8, 3), 0)).transpose(0, 3, 1, 2)
+    t = xp.ascontiguousarray(make(xp, (4, 2, 6, 8, 3), 1)).transpose(0, 1, 4, 2, 3)
+    y = dt.max_pool2d(dt.DualTensor(x, t), 2)
+    assert y.primal.strides[1] == y.primal.itemsize and y.tangent.strides[2] == y.tangent.itemsize
+    _, vjp_fn = dt.vjp(lambda x: dt.max_pool2d(x, 2), x)
+    (g,) = vjp_fn(xp.ones((2, 3, 3, 4)))
+    assert g.strides[1] == g.itemsize
+    np.testing.assert_array_equal(to_np(y.primal), to_np(dt.max_pool2d(xp.ascontiguousarray(x), 2)))

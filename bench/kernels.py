@@ -1,0 +1,152 @@
+"""Kernel A/B of the convolution layouts and the max-pool algorithm, layer by layer (NumPy, float32).
+
+* conv: every 3x3 convolution shape of the Baydin CNN and of ResNet18 on CIFAR, timed in each layout
+  conv2d can take: the shifted GEMMs over channels-last rows (``shift``) against im2col + GEMM (the
+  batched/flat choice conv2d makes by output size), for the primal, the JVP of k input tangents and the
+  VJP (input and weight), interleaved.
+* pool: max_pool2d (running maximum over strided slices, bit-mask selection) against the window-last
+  argmax it replaced (im2col copy, argmax, int64 positions, one gather), written out here as reference.
+
+    python bench/kernels.py [--batch 64] [--k 4] [--repeats 7] [--threads 1] [--json PATH]
+
+Prints Markdown tables (min ms over the repeats; ratio = shift / im2col or new / reference) and writes
+JSON (default bench/results/kernels-<threads>t.json).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import _timing as T
+
+import dualtensor as dt
+from dualtensor.allocator import heap_arrays
+from dualtensor.ops import conv as conv_mod
+
+# (name, input (C, H, W), output channels): 3x3, padding 1, stride 1
+CONV_LAYERS = [("cnn conv1", (1, 28, 28), 64), ("cnn conv2", (64, 28, 28), 64), ("cnn conv3/4", (64, 14, 14), 64),
+               ("resnet stage1", (64, 32, 32), 64), ("resnet stage2", (128, 16, 16), 128),
+               ("resnet stage3", (256, 8, 8), 256), ("resnet stage4", (512, 4, 4), 512)]
+POOL_LAYERS = [("cnn pool1", (64, 28, 28), 2, 2, 0), ("cnn pool2", (64, 14, 14), 2, 2, 0),
+               ("resnet stem pool", (64, 32, 32), 3, 2, 1)]
+
+
+@contextlib.contextmanager
+def conv_layout(name: str):
+    """``shift``: shifted GEMMs wherever they apply; ``im2col``: never."""
+    old = conv_mod._SHIFT_MAX_WASTE, conv_mod._SHIFT_MIN_CHANNELS
+    if name == "shift":
+        conv_mod._SHIFT_MAX_WASTE, conv_mod._SHIFT_MIN_CHANNELS = 1e9, 1
+    else:
+        conv_mod._SHIFT_MAX_WASTE = 0
+    try:
+        yield
+    finally:
+        conv_mod._SHIFT_MAX_WASTE, conv_mod._SHIFT_MIN_CHANNELS = old
+
+
+def conv_steps(shape: tuple, out_ch: int, batch: int, k: int, rng) -> dict:
+    x = rng.standard_normal((batch, *shape)).astype(np.float32)
+    w = (rng.standard_normal((out_ch, shape[0], 3, 3)) / np.sqrt(9 * shape[0])).astype(np.float32)
+    b = np.zeros(out_ch, np.float32)
+    tx = rng.standard_normal((k, batch, *shape)).astype(np.float32)
+    g = rng.standard_normal((batch, out_ch, shape[1], shape[2])).astype(np.float32)
+
+    def in_layout(name, fn):
+        def run():
+            with conv_layout(name):
+                return fn()
+        return run
+
+    steps = {}
+    for lay in ("shift", "im2col"):
+        steps[("primal", lay)] = in_layout(lay, lambda: dt.conv2d(x, w, b, padding=1))
+        steps[("jvp", lay)] = in_layout(lay, lambda: dt.conv2d(dt.DualTensor(x, tx), w, b, padding=1))
+        steps[("vjp", lay)] = in_layout(lay, lambda: dt.vjp(lambda x, w: dt.conv2d(x, w, b, padding=1), x, w)[1](g))
+    return steps
+
+
+def reference_max_pool(x, kernel: int, stride: int, pad: int, t=None):
+    """The previous max_pool2d: window-last im2col copy, argmax, int64 flat positions, one gather of t."""
+    from dualtensor.ops.conv import _pad, _windows
+
+    h, w = x.shape[-2:]
+    v = _windows(_pad(x, ((pad, pad), (pad, pad)), -np.inf), (kernel, kernel), (stride, stride), (1, 1))
+    ho, wo = v.shape[-2:]
+    cols = np.moveaxis(v, (-4, -3), (-2, -1)).reshape(x.shape[:-2] + (ho, wo, kernel * kernel))
+    arg = cols.argmax(axis=-1)
+    out = np.take_along_axis(cols, arg[..., None], axis=-1)[..., 0]
+    if t is None:
+        return out
+    offset = np.asarray([i * w + j for i in range(kernel) for j in range(kernel)])
+    planes = np.arange(out.size // (ho * wo)).reshape(x.shape[:-2] + (1, 1)) * (h * w)
+    flat = planes + ((np.arange(ho) * stride - pad) * w)[:, None] + (np.arange(wo) * stride - pad) + offset[arg]
+    np.clip(flat, 0, x.size - 1, out=flat)
+    return out, np.take(t.reshape(t.shape[0], -1), flat, axis=1)
+
+
+def pool_steps(shape: tuple, kernel: int, stride: int, pad: int, batch: int, k: int, rng) -> dict:
+    # channels-last memory, as the shifted convolutions hand their results on
+    x = np.ascontiguousarray(rng.standard_normal((batch, shape[1], shape[2], shape[0])).astype(np.float32))
+    x = x.transpose(0, 3, 1, 2)
+    t = np.ascontiguousarray(rng.standard_normal((k, batch, shape[1], shape[2], shape[0])).astype(np.float32))
+    t = t.transpose(0, 1, 4, 2, 3)
+    return {("primal", "new"): lambda: dt.max_pool2d(x, kernel, stride, pad),
+            ("primal", "reference"): lambda: reference_max_pool(x, kernel, stride, pad),
+            ("jvp", "new"): lambda: dt.max_pool2d(dt.DualTensor(x, t), kernel, stride, pad),
+            ("jvp", "reference"): lambda: reference_max_pool(x, kernel, stride, pad, t)}
+
+
+def measure(steps: dict, repeats: int) -> dict:
+    times = T.interleaved({f"{a}|{b}": fn for (a, b), fn in steps.items()}, repeats=repeats, warmup=1)
+    return {name: T.summarize(ts)["min"] for name, ts in times.items()}
+
+
+def table(title: str, rows: list, pair: tuple, parts: tuple) -> str:
+    a, b = pair
+    head = f"| {title} | " + " | ".join(f"{p}: {a} / {b} (ms) | ratio" for p in parts) + " |"
+    lines = [head, "|---|" + "---:|---:|" * len(parts)]
+    for name, res in rows:
+        cells = []
+        for p in parts:
+            x, y = res[f"{p}|{a}"], res[f"{p}|{b}"]
+            cells += [f"{x:.1f} / {y:.1f}", f"{x / y:.2f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--k", type=int, default=4, help="tangents of the JVP rows")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=1, help="BLAS threads")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    T.limit_threads(args.threads)
+    heap_arrays()
+    rng = np.random.default_rng(0)
+    conv_rows = [(name, measure(conv_steps(shape, o, args.batch, args.k, rng), args.repeats))
+                 for name, shape, o in CONV_LAYERS]
+    pool_rows = [(name, measure(pool_steps(shape, kk, s, p, args.batch, args.k, rng), args.repeats))
+                 for name, shape, kk, s, p in POOL_LAYERS]
+    print(f"conv2d 3x3 padding 1, batch {args.batch}, k = {args.k}, {args.threads} BLAS thread(s), min of "
+          f"{args.repeats}\n")
+    print(table("layer", conv_rows, ("shift", "im2col"), ("primal", "jvp", "vjp")))
+    print(f"\nmax_pool2d, channels-last input, batch {args.batch}, k = {args.k}\n")
+    print(table("layer", pool_rows, ("new", "reference"), ("primal", "jvp")))
+    path = args.json or Path(__file__).with_name("results") / f"kernels-{args.threads}t.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                "environment": T.environment(np), "conv": dict(conv_rows),
+                                "pool": dict(pool_rows)}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

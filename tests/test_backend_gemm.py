@@ -1,0 +1,49 @@
+"""backend.gemm: out = a @ b or out += a @ b into a given array, on every operand layout."""
+import numpy as np
+import pytest
+
+from dualtensor.backend import gemm
+
+
+def _operands(xp, dtype, layout_a, layout_b, rng):
+    a = rng.standard_normal((7, 5)).astype(dtype)
+    b = rng.standard_normal((5, 6)).astype(dtype)
+    lay = {"c": lambda m: m, "f": np.asfortranarray, "strided": lambda m: np.repeat(m, 2, axis=1)[:, ::2]}
+    return xp.asarray(lay[layout_a](a)), xp.asarray(lay[layout_b](b)), a, b
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout_a", ["c", "f", "strided"])
+@pytest.mark.parametrize("layout_b", ["c", "f", "strided"])
+def test_gemm_overwrites_and_accumulates(xp, dtype, layout_a, layout_b):
+    rng = np.random.default_rng(0)
+    a, b, a_np, b_np = _operands(xp, dtype, layout_a, layout_b, rng)
+    start = rng.standard_normal((7, 6)).astype(dtype)
+    out = xp.asarray(start.copy())
+    assert gemm(a, b, out) is out
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(xp.asnumpy(out) if xp is not np else out, a_np @ b_np, **tol)
+    gemm(a, b, out, accumulate=True)
+    np.testing.assert_allclose(xp.asnumpy(out) if xp is not np else out, 2 * (a_np @ b_np), **tol)
+
+
+def test_gemm_writes_row_blocks_in_place():
+    """Row blocks of a C-contiguous matrix are operands and targets without copies (the shifted
+    convolution relies on it): only the addressed rows of ``out`` change."""
+    rng = np.random.default_rng(1)
+    rows = rng.standard_normal((20, 4)).astype(np.float32)
+    w = rng.standard_normal((4, 3)).astype(np.float32)
+    out = np.full((20, 3), 7.0, np.float32)
+    gemm(rows[5:15], w, out[2:12], accumulate=True)
+    want = np.full((20, 3), 7.0, np.float32)
+    want[2:12] += rows[5:15] @ w
+    np.testing.assert_allclose(out, want, rtol=1e-5)
+    gemm(rows[5:15].T, out[2:12], w.copy())  # a transposed row block (Fortran-ordered) as left operand
+
+
+def test_gemm_mixed_dtypes_fall_back_to_matmul():
+    a = np.ones((3, 2), np.float32)
+    b = np.ones((2, 4), np.float64)
+    out = np.zeros((3, 4), np.float64)
+    gemm(a, b, out, accumulate=True)
+    np.testing.assert_array_equal(out, np.full((3, 4), 2.0))
