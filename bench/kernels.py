@@ -30,8 +30,9 @@ from dualtensor.ops import conv as conv_mod
 
 # (name, input (C, H, W), output channels): 3x3, padding 1, stride 1
 CONV_LAYERS = [("cnn conv1", (1, 28, 28), 64), ("cnn conv2", (64, 28, 28), 64), ("cnn conv3/4", (64, 14, 14), 64),
-               ("resnet stage1", (64, 32, 32), 64), ("resnet stage2", (128, 16, 16), 128),
-               ("resnet stage3", (256, 8, 8), 256), ("resnet stage4", (512, 4, 4), 512)]
+               ("resnet cifar-stem stage1", (64, 32, 32), 64), ("resnet cifar-stem stage2", (128, 16, 16), 128),
+               ("resnet cifar-stem stage3", (256, 8, 8), 256), ("resnet stage1 (imagenet stem)", (64, 8, 8), 64),
+               ("resnet stage2 (imagenet stem)", (128, 4, 4), 128)]
 POOL_LAYERS = [("cnn pool1", (64, 28, 28), 2, 2, 0), ("cnn pool2", (64, 14, 14), 2, 2, 0),
                ("resnet stem pool", (64, 32, 32), 3, 2, 1)]
 
@@ -39,15 +40,15 @@ POOL_LAYERS = [("cnn pool1", (64, 28, 28), 2, 2, 0), ("cnn pool2", (64, 14, 14),
 @contextlib.contextmanager
 def conv_layout(name: str):
     """``shift``: shifted GEMMs wherever they apply; ``im2col``: never."""
-    old = conv_mod._SHIFT_MAX_WASTE, conv_mod._SHIFT_MIN_CHANNELS
-    if name == "shift":
-        conv_mod._SHIFT_MAX_WASTE, conv_mod._SHIFT_MIN_CHANNELS = 1e9, 1
-    else:
-        conv_mod._SHIFT_MAX_WASTE = 0
+    names = ("_SHIFT_MAX_WASTE", "_SHIFT_MAX_WASTE_WIDE", "_SHIFT_MIN_CHANNELS")
+    old = [getattr(conv_mod, n) for n in names]
+    for n, v in zip(names, (1e9, 1e9, 1) if name == "shift" else (0, 0, 1 << 30)):
+        setattr(conv_mod, n, v)
     try:
         yield
     finally:
-        conv_mod._SHIFT_MAX_WASTE, conv_mod._SHIFT_MIN_CHANNELS = old
+        for n, v in zip(names, old):
+            setattr(conv_mod, n, v)
 
 
 def conv_steps(shape: tuple, out_ch: int, batch: int, k: int, rng) -> dict:

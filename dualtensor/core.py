@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .backend import get_xp
+from .backend import get_default_dtype, get_xp
 from .tensor import DualTensor, Node, Traced, Zero, describe
 
 
@@ -52,8 +52,6 @@ def result_dtype(values: Sequence[Any]) -> np.dtype | None:
     NumPy or Python scalars): dimensioned arrays decide; a 0-d array or NumPy scalar counts only
     when its category (bool < integer < floating < complex) is higher, a Python number only when its
     category is higher still (then the default float dtype). None when nothing has a dtype."""
-    from .backend import get_default_dtype
-
     ranks: list[list[np.dtype]] = [[], [], []]  # dimensioned, 0-d, Python numbers
     for v in values:
         if v is None:
@@ -78,8 +76,6 @@ def _promoted(prim: "Primitive", values: list) -> list:
     out = list(values)
     lists = [i for i in idx if isinstance(out[i], (list, tuple))]
     if lists:
-        from .backend import get_default_dtype
-
         xp = get_xp(*[v for v in out if hasattr(v, "shape")])
         for i in lists:
             a = xp.asarray(out[i])
@@ -88,8 +84,6 @@ def _promoted(prim: "Primitive", values: list) -> list:
     if dtype is None:
         return out
     if prim.floating and dtype.kind in "biu":  # true division of integers gives the default float
-        from .backend import get_default_dtype
-
         dtype = np.dtype(get_default_dtype())
     for i in idx:
         a = out[i]

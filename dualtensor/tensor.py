@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import get_xp, is_cupy
+from .backend import get_default_dtype, get_xp, is_cupy
 
 _ops: Any = None  # set by dualtensor.ops on import
 
@@ -25,7 +25,6 @@ def _as_float_array(x: Any, what: str) -> Any:
     if not hasattr(x, "dtype") or not hasattr(x, "shape"):
         x = np.asarray(x)
         if x.dtype.kind in "iub":  # a Python number or list: use the default float type
-            from .backend import get_default_dtype
             x = x.astype(get_default_dtype())
     if x.dtype.kind != "f":
         raise TypeError(f"{what}: differentiable values must have a floating dtype, got {describe(x)}; "

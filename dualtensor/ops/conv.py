@@ -228,10 +228,15 @@ def _grad_rows(g: Any, nb: int, groups: int, length: int, flat: bool) -> Any:
 # flattened to rows (B*Hp*Wp, C): the output at padded-grid row p is sum over kernel offsets (i, j) of
 # row p + i*dh*Wp + j*dw times W[:, :, i, j]^T, so every term reads a contiguous row block (no im2col copy)
 # and accumulates into the output by BLAS (beta = 1). Rows outside the (Ho, Wo) corner of each image are
-# computed and dropped, hence only when Hp*Wp <= _SHIFT_MAX_WASTE * Ho*Wo. Measured on CPU (1 BLAS thread,
-# batch 64, 3x3, 64 channels): 28x28 53.8 -> 31.1 ms against channels-last im2col + GEMM, 14x14 a wash;
-# 4x4 with 512 channels 2.2x slower (bench/results/conv-shift.md).
-_SHIFT_MAX_WASTE = 1.35
+# computed and dropped, hence only when Hp*Wp <= _SHIFT_MAX_WASTE * Ho*Wo, and for more than
+# _SHIFT_WIDE channels (where im2col's one GEMM with a 9x longer reduction gains most) when
+# Hp*Wp <= _SHIFT_MAX_WASTE_WIDE * Ho*Wo. Per-layer A/B: bench/kernels.py (bench/results/kernels-1t.md);
+# by hand (1 BLAS thread, batch 32, 3x3, padding 1, primal / JVP of 4 input tangents, shift vs im2col):
+# 8x8 with 64 channels 1.8 / 9.6 vs 2.3 / 11.9 ms, 6x6 1.2 / 6.0 vs 1.5 / 8.4, 4x4 with 128 channels
+# 2.4 / 12.0 vs 1.9 / 9.1, 8x8 with 256 channels 1.05-1.24x slower.
+_SHIFT_MAX_WASTE = 1.8
+_SHIFT_WIDE = 128
+_SHIFT_MAX_WASTE_WIDE = 1.35
 # ... and C input channels at least this (each term is a rank-C update: 1 channel runs 6.6x slower than im2col)
 _SHIFT_MIN_CHANNELS = 8
 
@@ -249,7 +254,7 @@ def _use_shift(x_hw: tuple, channels: int, kernel: tuple, stride: tuple, pads: t
         return False
     hp, wp = x_hw[0] + sum(pads[0]), x_hw[1] + sum(pads[1])
     ho, wo = hp - dilation[0] * (kernel[0] - 1), wp - dilation[1] * (kernel[1] - 1)
-    return hp * wp <= _SHIFT_MAX_WASTE * ho * wo
+    return hp * wp <= (_SHIFT_MAX_WASTE if channels <= _SHIFT_WIDE else _SHIFT_MAX_WASTE_WIDE) * ho * wo
 
 
 def _embed(src: Any, hp: int, wp: int, top: int, left: int) -> Any:

@@ -161,15 +161,36 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Any:
     return _linear(x, weight, bias)
 
 
-def _linear_impl(x, w, b):
-    xp = _xp(x, w, b)
-    out = xp.matmul(x.reshape(-1, w.shape[1]), w.T)
-    if b is not None:
+# Rows up to which x @ W^T is computed as (W @ x^T)^T plus a transposing copy: OpenBLAS runs that
+# orientation faster for few rows (1 BLAS thread, 784 -> 1024: 64 rows 0.71 against 0.93 ms, 16 rows
+# 0.40 against 0.69; 256 rows 0.92x; equal from about 1024 rows on, where the copy would cost more).
+_FEW_ROWS = 256
+
+
+def _times_wt(x2d: Any, w: Any, b: Any = None) -> Any:
+    """x2d @ w.T (+ b) as a C-contiguous (N, out) array."""
+    xp = _xp(x2d, w)
+    if x2d.shape[0] > _FEW_ROWS:
+        out = xp.matmul(x2d, w.T)
+        if b is None:
+            return out
         if out.dtype == xp.result_type(out, b):
             out += b
-        else:
-            out = out + b
-    return out.reshape(*x.shape[:-1], w.shape[0])
+            return out
+        return out + b
+    y = xp.matmul(w, x2d.T).T
+    dtype = y.dtype if b is None else xp.result_type(y, b)
+    out = xp.empty(y.shape, dtype=dtype)
+    if b is None:
+        out[...] = y
+    else:  # the bias added in the transposing copy
+        xp.add(y, b, out=out)
+    return out
+
+
+def _linear_impl(x, w, b):
+    _xp(x, w, b)
+    return _times_wt(x.reshape(-1, w.shape[1]), w, b).reshape(*x.shape[:-1], w.shape[0])
 
 
 def _linear_jvp(tangents, ans, x, w, b):
@@ -180,7 +201,7 @@ def _linear_jvp(tangents, ans, x, w, b):
     n_out, n_in = w.shape
     t_out = None
     if tx is not None:  # (k*N, in) @ W^T: one GEMM for all k
-        t_out = xp.matmul(tx.reshape(-1, n_in), w.T).reshape(want)
+        t_out = _times_wt(tx.reshape(-1, n_in), w).reshape(want)
     if tw is not None:
         x2d = x.reshape(-1, n_in)
         if tw.flags.c_contiguous:  # x (N, in) @ tW^T viewed as (in, k*out): one GEMM for all k
