@@ -49,3 +49,15 @@ try:
     _BLAS_LIMIT = threadpool_limits(limits=1, user_api="blas")
 except ImportError:  # pragma: no cover
     pass
+
+
+@pytest.fixture
+def global_state():
+    """make_case sets the default dtype and reseeds the init generator: restore both afterwards."""
+    from dualtensor.backend import get_default_dtype, set_default_dtype
+    from dualtensor.nn import init as nn_init
+
+    dtype, rng = get_default_dtype(), nn_init._rng
+    yield
+    set_default_dtype(dtype)
+    nn_init._rng = rng

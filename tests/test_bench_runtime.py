@@ -18,17 +18,6 @@ import runtime as R  # noqa: E402
 import runtime_cases as cases  # noqa: E402
 import runtime_report as report  # noqa: E402
 
-from dualtensor.backend import get_default_dtype, set_default_dtype  # noqa: E402
-from dualtensor.nn import init as nn_init  # noqa: E402
-
-
-@pytest.fixture
-def global_state():
-    """make_case sets the default dtype and reseeds the init generator: restore both afterwards."""
-    dtype, rng = get_default_dtype(), nn_init._rng
-    yield
-    set_default_dtype(dtype)
-    nn_init._rng = rng
 
 
 def _run(*args, timeout=240):

@@ -93,7 +93,8 @@ def conv_configs(draw):
     batch = draw(st.sampled_from([(1,), (2,), ()]))
     return dict(xshape=batch + (cg * groups, h, w), wshape=(og * groups, cg, kh, kw), stride=stride, dilation=dil,
                 padding=pad, groups=groups, bias=draw(st.booleans()), contiguous=draw(st.booleans()),
-                diff=draw(st.sampled_from([(0, 1, 2), (0,), (1,), (0, 2)])), layout=draw(st.sampled_from(list(LAYOUTS))))
+                diff=draw(st.sampled_from([(0, 1, 2), (0,), (1,), (0, 2)])),
+                layout=draw(st.sampled_from(list(LAYOUTS))))
 
 
 @given(cfg=conv_configs(), seed=st.integers(0, 2 ** 16))

@@ -1,6 +1,14 @@
-"""2-d convolution (fused primitive): im2col through a strided view + one GEMM.
+"""2-d convolution (fused primitive): shifted GEMMs over channels-last rows, or im2col + one GEMM.
 
-The primal builds the im2col columns of the input once and saves them (has_aux): (G, C/G*kh*kw, B*Ho*Wo)
+Stride-1, one-group convolutions (most of a CNN) run as kh*kw GEMMs over a channels-last, zero-padded copy
+of the input flattened to rows (B*Hp*Wp, C), each reading a row block shifted by its kernel offset and
+accumulating into the output by BLAS (see _SHIFT_MAX_WASTE): no im2col copy, and the result is handed on
+channels-last, so the next such convolution reads it without a transposing copy. The saved input (has_aux)
+is those rows (a _Grid). Rules: input tangents are the same convolution with k folded into the batch;
+weight tangents one more with the k weight tangents side by side as k*O output channels; the input VJP
+adds every offset's g @ W_ij back into its shifted row block; the weight VJP is one GEMM per offset.
+
+Other convolutions build the im2col columns of the input once and save them: (G, C/G*kh*kw, B*Ho*Wo)
 (one GEMM per group for the whole batch) when Ho*Wo <= _FLAT_MAX_L, else (B, G, C/G*kh*kw, Ho*Wo) (a batched
 matmul over B; a view for 1x1 kernels). Every rule follows the layout of the saved columns. Rules, for a
 (k, ...) tangent stack:

@@ -392,4 +392,3 @@ class _PerOperand:
 
 
 _einsum = Primitive("einsum", _einsum_impl, jvp=_einsum_jvp, vjps=_PerOperand(_einsum_vjp_i))
-

@@ -6,8 +6,9 @@ All take (N, C, H, W) or unbatched (C, H, W) input and pool the last two axes, w
   offset, with torch's tie rule (the first maximum; a NaN wins); the winning offset of every window is
   saved (has_aux, uint8). JVP: the same selection of all k tangents at once, per offset by bit masks
   (exact and branch-free: NaN or inf in a cell that lost does not leak). VJP: the cotangent written (added,
-  for overlapping windows) into each offset's slice where it won. No im2col copy and no int64 positions (measured on CPU, 2x2 pools of the Baydin CNN, batch 64: primal
-  17 -> 3 ms each, bench/results/pool-slices.md); the input's memory layout carries through.
+  for overlapping windows) into each offset's slice where it won. No im2col copy and no int64 positions;
+  the input's memory layout carries through (against the window-last argmax it replaced, A/B per layer in
+  bench/kernels.py, bench/results/kernels-1t.md).
 * avg_pool2d: a sum of kh*kw strided slices divided by the window count; linear, so the JVP is the
   same map applied to the whole (k, ...) tangent stack and the VJP is col2im of the scaled cotangent.
 * adaptive_avg_pool2d: torch's windows start = floor(i*In/Out), end = ceil((i+1)*In/Out); a reshape +
