@@ -364,14 +364,17 @@ def _shift_vjp_x(g: Any, grid: _Grid, x: Any, w: Any, pads: tuple, dilation: tup
     gr = _shift_grad_rows(g, grid, g.shape[-2:])
     offsets = _shift_offsets(kernel, dilation, grid.wp)
     m = gr.shape[0] - offsets[-1]
-    wm = _shift_weights(w)
-    gx = xp.zeros((gr.shape[0], w.shape[1]), dtype=xp.result_type(g.dtype, w.dtype))
+    wm = xp.ascontiguousarray(_shift_weights(w).transpose(0, 2, 1))  # (kh*kw, O, C)
+    gx = xp.empty((gr.shape[0], w.shape[1]), dtype=xp.result_type(g.dtype, w.dtype))
+    gx[m:] = 0  # offsets[0] == 0: the first term writes rows [0, m), the others add
     for n, off in enumerate(offsets):
-        _gemm_into(gr[:m], wm[n].T, gx[off:off + m], accumulate=True)
+        _gemm_into(gr[:m], wm[n], gx[off:off + m], accumulate=n > 0)
     (pt, _), (pl, _) = pads
     h, wd = x.shape[-2:]
-    gx = gx.reshape(-1, grid.hp, grid.wp, w.shape[1])[:, pt:pt + h, pl:pl + wd]
-    return _nchw(gx).reshape(x.shape)
+    gx = _nchw(gx.reshape(-1, grid.hp, grid.wp, w.shape[1])[:, pt:pt + h, pl:pl + wd])
+    if x.flags.c_contiguous:  # the cotangent in its primal's layout: mixed layouts make elementwise rules slow
+        gx = xp.ascontiguousarray(gx)
+    return gx.reshape(x.shape)
 
 
 def _shift_vjp_w(g: Any, grid: _Grid, w: Any, dilation: tuple) -> Any:
