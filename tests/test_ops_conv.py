@@ -348,3 +348,29 @@ def test_conv2d_shift_results_are_channels_last(xp):
         want = dt.conv2d(dt.DualTensor(xp.ascontiguousarray(y.primal), xp.ascontiguousarray(y.tangent)),
                          xp.ones((4, 6, 3, 3)), padding=1)
     np.testing.assert_allclose(to_np(z.tangent), to_np(want.tangent), rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("xs,ws,opts,live", [
+    ((2, 3, 1, 1), (4, 3, 3, 3), dict(padding=1), (1, 2, 1, 2)),                 # ResNet stage 4 at 32x32 input
+    ((2, 3, 2, 2), (4, 3, 3, 3), dict(padding=1, stride=2), (1, 3, 1, 3)),       # its strided first conv
+    ((2, 3, 4, 4), (4, 3, 7, 7), dict(padding=3, stride=2), (1, 7, 1, 7)),
+    ((2, 3, 1, 5), (4, 3, 3, 3), dict(padding=1), (1, 2, 0, 3)),                 # rows only
+    ((2, 3, 1, 1), (4, 3, 3, 3), dict(padding=2, dilation=2), (1, 2, 1, 2)),
+])
+def test_conv2d_drops_kernel_taps_that_read_only_padding(xp, monkeypatch, xs, ws, opts, live):
+    """Kernel rows/columns whose every window position is padding are sliced off the weight (with the
+    padding adjusted): the same results, tangents and VJPs (zero for the dropped taps) with fewer products."""
+    seen = []
+    orig = conv_mod._conv2d.impl
+    monkeypatch.setattr(conv_mod._conv2d, "impl", lambda x, w, b, **p: seen.append(w.shape) or orig(x, w, b, **p))
+    x, w, b = make(xp, xs, 0), make(xp, ws, 1), make(xp, (ws[0],), 2)
+    d = opts.get("dilation", 1)
+    p, s = opts["padding"], opts.get("stride", 1)
+    check_rules(lambda x, w, b: dt.conv2d(x, w, b, **opts), (x, w, b), diff=(0, 1, 2), k=3,
+                ref=lambda x, w, b: ref_conv2d(x, w, b, (s, s), sym((p, p)), (d, d)))
+    assert seen and set(seen) == {ws[:2] + (live[1] - live[0], live[3] - live[2])}
+    _, vjp_fn = dt.vjp(lambda w: dt.conv2d(x, w, b, **opts), w)
+    gw = to_np(vjp_fn(xp.ones(dt.conv2d(x, w, b, **opts).shape))[0])
+    dead = np.ones(ws[2:], bool)
+    dead[live[0]:live[1], live[2]:live[3]] = False
+    assert (gw[:, :, dead] == 0).all()

@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 from ..backend import gemm as _gemm_into
 from ..backend import get_xp as _xp
 from ..core import Primitive
+from .shape import getitem
 
 __all__ = ["conv2d"]
 
@@ -183,8 +184,31 @@ def conv2d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: 
     if ekh > hp or ekw > wp:
         raise ValueError(f"conv2d: kernel size ({ekh}, {ekw}) (dilated) is larger than the padded input size "
                          f"({hp}, {wp}) {shapes}")
+    taps = _live_taps((h, w), (kh, kw), st, pads, dil)
+    if taps is not None:  # kernel rows/columns that read only padding: drop them (exact, fewer multiply-adds)
+        (i0, i1, j0, j1), pads = taps
+        weight = getitem(weight, (slice(None), slice(None), slice(i0, i1), slice(j0, j1)))
     out, _ = _conv2d(input, weight, bias, stride=st, pads=pads, dilation=dil, groups=groups)
     return out
+
+
+def _live_taps(hw: tuple, kernel: tuple, stride: tuple, pads: tuple, dilation: tuple) -> tuple | None:
+    """((i0, i1, j0, j1), new pads) when only kernel rows i0..i1-1 and columns j0..j1-1 ever read the input
+    (not the padding), e.g. a 3x3 kernel with padding 1 on a 1x1 input, else None. Same output size."""
+    spans, new_pads = [], []
+    for n, k, s, (p0, p1), d in zip(hw, kernel, stride, pads, dilation):
+        o = _out_size(n + p0 + p1, k, s, d)
+        live = [i for i in range(k) if any(0 <= a * s + i * d - p0 < n for a in range(o))]
+        lo, hi = live[0], live[-1] + 1
+        q0 = p0 - lo * d
+        q1 = (o - 1) * s + d * (hi - lo - 1) + 1 - n - q0
+        if q0 < 0 or q1 < 0:
+            return None
+        spans += [lo, hi]
+        new_pads.append((q0, q1))
+    if spans == [0, kernel[0], 0, kernel[1]]:
+        return None
+    return tuple(spans), tuple(new_pads)
 
 
 # Output sizes Ho*Wo up to which the columns use the flat layout (G, C/G*kh*kw, B*Ho*Wo): one GEMM per group
