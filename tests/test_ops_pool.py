@@ -234,3 +234,13 @@ def test_max_pool2d_keeps_the_input_memory_layout(xp):
     (g,) = vjp_fn(xp.ones((2, 3, 3, 4)))
     assert g.strides[1] == g.itemsize
     np.testing.assert_array_equal(to_np(y.primal), to_np(dt.max_pool2d(xp.ascontiguousarray(x), 2)))
+
+
+def test_max_pool2d_padded_windows_gather_exactly(xp):
+    """Padded/overlapping windows take each winner's tangent by one gather: inf and NaN tangents of
+    cells that lost stay out, as in the non-overlapping selection."""
+    x = xp.asarray(np.array([[[[1.0, 5.0, 2.0], [0.0, 3.0, 4.0], [6.0, 0.5, 0.25]]]]))
+    t = xp.asarray(np.array([[[[np.inf, 1.0, np.nan], [np.nan, 2.0, 3.0], [4.0, -np.inf, np.inf]]]]))
+    y = dt.max_pool2d(dt.DualTensor(x, t[None]), 3, 2, 1)  # windows centred on (0, 0), (0, 2), (2, 0), (2, 2)
+    np.testing.assert_array_equal(to_np(y.primal)[0, 0], [[5.0, 5.0], [6.0, 4.0]])
+    np.testing.assert_array_equal(to_np(y.tangent)[0, 0, 0], [[1.0, 1.0], [4.0, 3.0]])

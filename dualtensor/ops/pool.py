@@ -5,7 +5,8 @@ All take (N, C, H, W) or unbatched (C, H, W) input and pool the last two axes, w
 * max_pool2d: a running maximum over the kh*kw strided slices of the (padded) input, one per window
   offset, with torch's tie rule (the first maximum; a NaN wins); the winning offset of every window is
   saved (has_aux, uint8). JVP: the same selection of all k tangents at once, per offset by bit masks
-  (exact and branch-free: NaN or inf in a cell that lost does not leak). VJP: the cotangent written (added,
+  (exact and branch-free: NaN or inf in a cell that lost does not leak); for padded or overlapping
+  windows one gather at the winners' positions. VJP: the cotangent written (added,
   for overlapping windows) into each offset's slice where it won. No im2col copy and no int64 positions;
   the input's memory layout carries through (against the window-last argmax it replaced, A/B per layer in
   bench/kernels.py, bench/results/kernels-1t.md).
@@ -99,15 +100,34 @@ def _mask(arg: Any, n: int, like: Any) -> Any:
     return _xp(arg).negative((arg == n).astype(like.dtype))
 
 
+def _winner_positions(arg: Any, x: Any, kernel: tuple, stride: tuple, pads: tuple, dilation: tuple) -> Any:
+    """The flat position in x of every window's winning cell (int64, shaped like arg; a window of
+    padding only keeps an in-bounds, meaningless index)."""
+    xp = _xp(arg)
+    (h, w), (ho, wo) = x.shape[-2:], arg.shape[-2:]
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    offset = xp.asarray([i * dh * w + j * dw for i in range(kh) for j in range(kw)], dtype=xp.int64)
+    planes = xp.arange(arg.size // (ho * wo), dtype=xp.int64).reshape(arg.shape[:-2] + (1, 1)) * (h * w)
+    flat = planes + ((xp.arange(ho) * sh - pads[0][0]) * w)[:, None] + (xp.arange(wo) * sw - pads[1][0])
+    flat += xp.take(offset, arg)
+    xp.clip(flat, 0, max(x.size - 1, 0), out=flat)
+    return flat
+
+
 def _max_pool2d_jvp(tangents, ans, x, *, kernel, stride, pads, dilation):
     (t,) = tangents
     xp, arg = _xp(t), ans[1]
-    tpad = _pad(t, pads)
+    if any(map(sum, pads)) or _overlapping(kernel, stride, dilation):
+        # padded or overlapping windows (ResNet's 3x3/2 stem pool): one gather of all k tangents; padding
+        # the k-stack and selecting over 9 offsets took 2x the gather's time (1 BLAS thread, batch 64,
+        # 64x32x32, k = 4: 202 against 102 ms)
+        flat = _winner_positions(arg, x, kernel, stride, pads, dilation)
+        return xp.take(t.reshape(t.shape[0], -1), flat, axis=1)
     res = bits = None
     for n, (_, _, (rs, cs)) in enumerate(_offsets(kernel, stride, dilation, arg.shape[-2:])):
-        s = _bits(tpad[..., rs, cs])
+        s = _bits(t[..., rs, cs])
         if res is None:
-            res = xp.empty_like(tpad[..., rs, cs])
+            res = xp.empty_like(t[..., rs, cs])
             bits = _bits(res)
             bits[...] = s
             continue
