@@ -209,14 +209,21 @@ def scatter_add(xp: types.ModuleType, target: Any, index: Any, values: Any) -> N
 
 
 def gemm(a: Any, b: Any, out: Any, accumulate: bool = False) -> Any:
-    """``out = a @ b``, or ``out += a @ b`` with ``accumulate``, for 2-d operands and a C-contiguous
-    ``out``. On NumPy the accumulation is one BLAS call with beta = 1 (no temporary for the product),
-    where the dtypes agree; a row block ``x[i:j]`` of a C-contiguous matrix is an operand without a copy."""
+    """``out = a @ b``, or ``out += a @ b`` with ``accumulate``, for 2-d operands of one float dtype.
+
+    On NumPy this is one call of NumPy's own BLAS (cblas ``?gemm`` with beta = 0 or 1): no temporary
+    for the product, and any operand or ``out`` whose rows (or columns) are contiguous, such as a row
+    block ``x[i:j]`` or a strided slice, is passed in place with its leading dimension. Elsewhere (CuPy,
+    a NumPy without an ILP64 OpenBLAS, mixed dtypes) matmul, and ``+=`` for the accumulation. Using
+    NumPy's own BLAS matters beyond the copies: a second BLAS library (SciPy's) keeps its own thread
+    pool, and with more than one thread the two pools' spinning workers take each other's cores."""
     xp = get_xp(a, b, out)
+    if xp is np and _cblas_gemm(a, b, out, accumulate):
+        return out
     if not accumulate:
         return xp.matmul(a, b, out=out)
     if xp is np and out.flags.c_contiguous and a.dtype == b.dtype == out.dtype and out.dtype.char in "fd":
-        # BLAS is column-major: out^T = b^T a^T, each operand passed as a Fortran-ordered matrix
+        # SciPy's BLAS (column-major): out^T = b^T a^T, each operand passed as a Fortran-ordered matrix
         (fa, ta), (fb, tb) = _fortran_operand(b), _fortran_operand(a)
         fn = _blas.sgemm if out.dtype.char == "f" else _blas.dgemm
         res = fn(1.0, fa, fb, beta=1.0, c=out.T, trans_a=ta, trans_b=tb, overwrite_c=1)
@@ -225,6 +232,80 @@ def gemm(a: Any, b: Any, out: Any, accumulate: bool = False) -> Any:
         return out
     out += a @ b
     return out
+
+
+_CBLAS: Any = None  # {"f": sgemm, "d": dgemm} of NumPy's own BLAS, or False where it is not found
+
+
+def _numpy_cblas() -> Any:
+    """cblas_sgemm/dgemm (ILP64) of the BLAS library NumPy's wheels bundle, found among the loaded
+    BLAS libraries (threadpoolctl) under NumPy's install; False when there is none (then SciPy's)."""
+    global _CBLAS
+    if _CBLAS is None:
+        _CBLAS = False
+        try:
+            import ctypes
+            import os
+
+            from threadpoolctl import threadpool_info
+
+            base = os.path.dirname(os.path.dirname(os.path.abspath(np.__file__)))
+            for info in threadpool_info():
+                path = info.get("filepath") or ""
+                if info.get("user_api") != "blas" or not path.startswith(os.path.join(base, "numpy")):
+                    continue
+                lib = ctypes.CDLL(path)
+                for prefix in ("scipy_", ""):
+                    fns = {c: getattr(lib, f"{prefix}cblas_{t}gemm64_", None) for c, t in (("f", "s"), ("d", "d"))}
+                    if all(fns.values()):
+                        i, i64, p = ctypes.c_int, ctypes.c_int64, ctypes.c_void_p
+                        for c, scalar in (("f", ctypes.c_float), ("d", ctypes.c_double)):
+                            fns[c].argtypes = [i, i, i, i64, i64, i64, scalar, p, i64, p, i64, scalar, p, i64]
+                            fns[c].restype = None
+                        _CBLAS = fns
+                        return _CBLAS
+        except Exception:  # noqa: BLE001 - any failure means: use the portable path
+            _CBLAS = False
+    return _CBLAS
+
+
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+
+
+def _operand(x: Any) -> tuple[int, int] | None:
+    """(transpose flag, leading dimension) of a 2-d array for a row-major cblas call, or None."""
+    (r, c), (s0, s1), item = x.shape, x.strides, x.itemsize
+    if s1 == item and s0 % item == 0 and s0 // item >= max(1, c):
+        return _NO_TRANS, s0 // item
+    if s0 == item and s1 % item == 0 and s1 // item >= max(1, r):
+        return _TRANS, s1 // item
+    if r == 1 and s1 == item or c == 1 and s0 == item or r * c <= 1:
+        return (_NO_TRANS, max(1, c)) if c > 1 or r <= 1 else (_TRANS, max(1, r))
+    return None
+
+
+def _cblas_gemm(a: Any, b: Any, out: Any, accumulate: bool) -> bool:
+    """out (+)= a @ b by NumPy's BLAS where dtypes and layouts allow; False if not done."""
+    kind = out.dtype.char
+    if kind not in "fd" or not a.dtype == b.dtype == out.dtype or a.ndim != 2 or b.ndim != 2 or out.ndim != 2:
+        return False
+    fns = _numpy_cblas()
+    if not fns:
+        return False
+    ops = _operand(a), _operand(b), _operand(out)
+    if None in ops or ops[2][0] != _NO_TRANS:
+        return False
+    (m, k), n = a.shape, b.shape[1]
+    if m == 0 or n == 0:
+        return True
+    if k == 0:
+        if not accumulate:
+            out[...] = 0
+        return True
+    (ta, lda), (tb, ldb), (_, ldc) = ops
+    fns[kind](_ROW_MAJOR, ta, tb, m, n, k, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb,
+              1.0 if accumulate else 0.0, out.ctypes.data, ldc)
+    return True
 
 
 def _fortran_operand(x: Any) -> tuple[Any, int]:

@@ -47,3 +47,44 @@ def test_gemm_mixed_dtypes_fall_back_to_matmul():
     out = np.zeros((3, 4), np.float64)
     gemm(a, b, out, accumulate=True)
     np.testing.assert_array_equal(out, np.full((3, 4), 2.0))
+
+
+@pytest.mark.parametrize("path", ["numpy-blas", "fallback"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_into_strided_targets_by_both_paths(monkeypatch, path, dtype):
+    """NumPy's own BLAS (cblas with leading dimensions) and the portable fallback (SciPy's BLAS, matmul)
+    give the same results, writing only the addressed block of a larger array."""
+    import dualtensor.backend as B
+
+    if path == "numpy-blas":
+        if not B._numpy_cblas():
+            pytest.skip("this NumPy bundles no ILP64 OpenBLAS")
+    else:
+        monkeypatch.setattr(B, "_CBLAS", False)
+    rng = np.random.default_rng(2)
+    a = np.asfortranarray(rng.standard_normal((9, 4)).astype(dtype))    # a transposed operand
+    b = rng.standard_normal((4, 12)).astype(dtype)[:, ::2]                # no contiguous axis: copied
+    c = rng.standard_normal((6, 8)).astype(dtype)[1:5, 2:7]               # rows contiguous, ld 8
+    for acc in (False, True):
+        big = np.full((12, 10), 3.0, dtype)
+        want = big.copy()
+        want[2:11, 1:7] = (3.0 if acc else 0.0) + a @ b
+        gemm(a, b, big[2:11, 1:7], accumulate=acc)
+        np.testing.assert_allclose(big, want, rtol=1e-5, atol=1e-5)
+    out = np.zeros((9, 5), dtype)
+    gemm(a[:, :4], c, out)
+    np.testing.assert_allclose(out, a @ c, rtol=1e-5, atol=1e-5)
+
+
+def test_gemm_uses_numpys_blas_where_present():
+    """On NumPy wheels (ILP64 OpenBLAS) the BLAS that NumPy itself calls is found, so one thread pool
+    serves every product."""
+    import dualtensor.backend as B
+
+    from threadpoolctl import threadpool_info
+
+    numpy_blas = [i for i in threadpool_info() if i.get("user_api") == "blas" and "numpy" in i.get("filepath", "")
+                  and i.get("internal_api") == "openblas"]
+    if not numpy_blas:
+        pytest.skip("NumPy is not linked to a bundled OpenBLAS here")
+    assert B._numpy_cblas()
