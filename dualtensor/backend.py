@@ -290,7 +290,7 @@ def _cblas_gemm(a: Any, b: Any, out: Any, accumulate: bool) -> bool:
     if kind not in "fd" or not a.dtype == b.dtype == out.dtype or a.ndim != 2 or b.ndim != 2 or out.ndim != 2:
         return False
     fns = _numpy_cblas()
-    if not fns:
+    if not fns or np.may_share_memory(out, a) or np.may_share_memory(out, b):  # BLAS must not write its input
         return False
     ops = _operand(a), _operand(b), _operand(out)
     if None in ops or ops[2][0] != _NO_TRANS:

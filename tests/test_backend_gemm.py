@@ -88,3 +88,12 @@ def test_gemm_uses_numpys_blas_where_present():
     if not numpy_blas:
         pytest.skip("NumPy is not linked to a bundled OpenBLAS here")
     assert B._numpy_cblas()
+
+
+def test_gemm_into_its_own_operand_is_right():
+    """out overlapping an operand goes the safe way (matmul copies), not through BLAS in place."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 4)).astype(np.float32)
+    want = x @ x
+    gemm(x, x, x)
+    np.testing.assert_allclose(x, want, rtol=1e-5, atol=1e-5)

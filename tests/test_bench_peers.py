@@ -204,3 +204,21 @@ def test_arguments():
     assert labels == ["m inference", "m backprop", "m activity draw k=4", "m activity k=4 mean",
                       "m activity loop k=4 mean"]
     assert P.tolerance("mlp", np.float32) == 1e-4 and P.tolerance("vit", np.float32) == 1e-2
+
+
+def test_summary_table_takes_the_fastest_peer(tmp_path):
+    """bench/peers_summary.py (README's tables): dualtensor's min against the fastest peer's min."""
+    import peers_summary
+
+    def row(kind, perturb=None, k=None, agg=None, **mins):
+        return {"model": "mlp", "kind": kind, "perturb": perturb, "k": k, "aggregate": agg,
+                "times": {n: {"min": v} for n, v in mins.items()}}
+
+    runs = [{"rows": [row("fg", "activity", 4, "projection", dualtensor=10.0, torch=20.0, jax=12.5),
+                      row("fg", "activity", 4, "mean", dualtensor=1.0, torch=1.0),
+                      row("loop", "activity", 4, "projection", dualtensor=1.0, torch=1.0),
+                      row("inference", dualtensor=3.0, torch=2.0, jax=2.5)]}]
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"runs": runs}))
+    lines = peers_summary.table([path]).splitlines()
+    assert lines[2:] == ["| mlp inference | 3 | 2 (torch) | 1.50 |", "| mlp activity k = 4 | 10 | 12.5 (jax) | 0.80 |"]

@@ -1,0 +1,47 @@
+"""README tables from bench/peers.py's JSON files: per model, dualtensor's time, the fastest peer's and
+their ratio (minimum over the repeats) for inference, backprop and the one-pass forward-gradient steps.
+
+    python bench/peers_summary.py bench/results/peers-1t-mlp.json bench/results/peers-1t-cnn.json ...
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ORDER = ("inference", "backprop", "weight", "activity")
+
+
+def rows(path: Path, aggregate: str = "projection") -> list[dict]:
+    """The inference, backprop and one-pass ``aggregate`` rows of one peers JSON file."""
+    out = []
+    for run in json.loads(path.read_text())["runs"]:
+        for r in run["rows"]:
+            if r["kind"] in ("inference", "backprop") or (r["kind"] == "fg" and r["aggregate"] == aggregate):
+                out.append(r)
+    return out
+
+
+def cell(r: dict) -> tuple[str, str, str]:
+    t = r["times"]
+    peers = {n: v["min"] for n, v in t.items() if n != "dualtensor"}
+    if not peers:
+        return f"{t['dualtensor']['min']:.3g}", "–", "–"
+    best = min(peers, key=peers.get)
+    return (f"{t['dualtensor']['min']:.3g}", f"{peers[best]:.3g} ({best})", f"{t['dualtensor']['min'] / peers[best]:.2f}")
+
+
+def table(paths: list[Path]) -> str:
+    lines = ["| model, step | dualtensor (ms) | fastest peer (ms) | ratio |", "|---|---:|---:|---:|"]
+    for path in paths:
+        rs = rows(path)
+        rs.sort(key=lambda r: (r["model"], ORDER.index(r["kind"] if r["kind"] != "fg" else r["perturb"]),
+                               r["k"] or 0))
+        for r in rs:
+            label = r["kind"] if r["kind"] != "fg" else f"{r['perturb']} k = {r['k']}"
+            lines.append(f"| {r['model']} {label} | " + " | ".join(cell(r)) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table([Path(p) for p in sys.argv[1:]]))
