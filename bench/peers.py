@@ -192,7 +192,7 @@ def reference(case: Case, w: Workload, V: Any = None) -> dict:
         loss, grads = case.vg(case.current())
         return {"loss": np.asarray(loss), "grads": grads}
     if w.perturb == "weight":
-        _, grads, d = forward_gradient(case._objective, case.current(), w.k, sampler=V, aggregate=case.agg)
+        _, grads, d = forward_gradient(case.objective, case.current(), w.k, sampler=V, aggregate=case.agg)
         return {"d": d, "grads": grads}
     res = activity_gradient(case.model, _per_sample_loss, case.x, case.y, tangents=V, aggregate=case.agg,
                             keep=case.keep, blocks=case.blocks, return_estimate=True)

@@ -59,7 +59,7 @@ def _pair(v: Any) -> tuple:
 
 
 def _children(m: Any, pre: str) -> list:
-    return [(c, f"{pre}{name}.") for name, c in m._modules.items()]
+    return [(c, f"{pre}{name}.") for name, c in m.named_children()]
 
 
 def _normalize(x: jnp.ndarray, axes: tuple, eps: float) -> jnp.ndarray:

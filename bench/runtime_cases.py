@@ -148,7 +148,7 @@ class Case:
         self.blocks = list(self.model.blocks())
         self.n_params = int(sum(p.data.size for p in self.params.values()))
         self.param_bytes = int(sum(p.data.nbytes for p in self.params.values()))
-        self.vg = dt.value_and_grad(self._objective)
+        self.vg = dt.value_and_grad(self.objective)
         # block output shapes (one plain forward pass) for the activity loop
         h, self.shapes = self.x, []
         for b in self.blocks:
@@ -160,7 +160,8 @@ class Case:
     def current(self) -> dict:
         return {n: self.params[n].data for n in self.names}
 
-    def _objective(self, P: dict) -> Any:
+    def objective(self, P: dict) -> Any:
+        """Mean cross-entropy of the case's batch under the parameters ``P`` (name -> array)."""
         return F.cross_entropy(functional_call(self.model, P, self.x), self.y)
 
     def _apply(self, grads: dict) -> None:
@@ -200,7 +201,7 @@ class Case:
         return grads
 
     def fg_weight(self, k: int, sampler: str, rng: Any = None, update: bool = True) -> dict:
-        _, grads, _ = forward_gradient(self._objective, self.current(), k, sampler=sampler, aggregate=self.agg,
+        _, grads, _ = forward_gradient(self.objective, self.current(), k, sampler=sampler, aggregate=self.agg,
                                        rng=self.generator(rng))
         if update:
             self._apply(grads)
@@ -212,7 +213,7 @@ class Case:
         V = get_sampler(sampler)(k, (n,), self.generator(rng), dtype=dtype, xp=xp)  # as forward_gradient draws
         ds = []
         for i in range(k):  # one JVP per tangent: the primal is recomputed k times
-            _, d_i = dt.jvp(self._objective, P, tangent_tree(V[i:i + 1], P))
+            _, d_i = dt.jvp(self.objective, P, tangent_tree(V[i:i + 1], P))
             ds.append(d_i)
         g = self.agg(xp.concatenate(ds), V)
         grads = {name: t[0] for name, t in tangent_tree(g[None], P).items()}

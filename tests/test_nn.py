@@ -102,7 +102,8 @@ def test_registration_order_and_dotted_names():
     assert [n for n, _ in net.named_modules()] == ["", "fc1", "act", "bn", "blocks", "blocks.0", "blocks.1",
                                                    "blocks.1.0", "blocks.1.1"]
     assert [n for n, _ in net.named_buffers()] == ["bn.running_mean", "bn.running_var"]
-    assert len(list(net.children())) == 4
+    assert [n for n, _ in net.named_children()] == ["fc1", "act", "bn", "blocks"]
+    assert list(net.children()) == [m for _, m in net.named_children()]
     assert net.num_parameters() == 5 + 20 + 5 + 5 + 5 + 25 + 5 + 15 + 3
     assert list(net.parameters())[1] is net.fc1.weight
     # re-assignment replaces; deletion unregisters; None unregisters

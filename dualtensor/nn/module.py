@@ -92,8 +92,13 @@ class Module:
         for _, m in self.named_modules():
             yield m
 
+    def named_children(self) -> Iterator[tuple[str, "Module"]]:
+        """(name, module) of the direct submodules, in registration order (torch's named_children)."""
+        yield from self._modules.items()
+
     def children(self) -> Iterator["Module"]:
-        yield from self._modules.values()
+        for _, m in self.named_children():
+            yield m
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
         seen = set()

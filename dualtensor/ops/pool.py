@@ -119,8 +119,9 @@ def _max_pool2d_jvp(tangents, ans, x, *, kernel, stride, pads, dilation):
     xp, arg = _xp(t), ans[1]
     if any(map(sum, pads)) or _overlapping(kernel, stride, dilation):
         # padded or overlapping windows (ResNet's 3x3/2 stem pool): one gather of all k tangents; padding
-        # the k-stack and selecting over 9 offsets took 2x the gather's time (1 BLAS thread, batch 64,
-        # 64x32x32, k = 4: 202 against 102 ms)
+        # the k-stack and selecting over 9 offsets took 202 ms against 104 for the window-last argmax and
+        # gather it replaced, this gather 77 (primal included; 1 BLAS thread, batch 64, 64x32x32, k = 4,
+        # bench/results/kernels-1t.md)
         flat = _winner_positions(arg, x, kernel, stride, pads, dilation)
         return xp.take(t.reshape(t.shape[0], -1), flat, axis=1)
     res = bits = None
