@@ -146,6 +146,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--plot", action="store_true", help="write curves.png (needs matplotlib)")
     g.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
+    g = p.add_argument_group("scale-out (start with mpiexec -n P or srun; needs the mpi extra)")
+    choice("parallel", "split each step's k tangents (forward gradients) or its batch over the MPI ranks; rank 0 "
+                       "writes the run folder")
+    g.add_argument("--check-every", type=_int, metavar="N",
+                   help=f"compare the ranks' parameters every N steps, 0: never (default: {d.check_every})")
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``dualtensor`` command line parser."""
@@ -174,7 +180,13 @@ def default_out_dir(config: Any) -> str:
     return str(path)
 
 
-def _error(msg: str) -> None:
+def _error(msg: str, comm: Any = None, everywhere: bool = True) -> None:
+    """The one error line (in a multi-rank job: from rank 0 when every rank has the same error,
+    else from the rank that has it, which it names)."""
+    if comm is not None and comm.size > 1:
+        if everywhere and not comm.is_root:
+            return
+        msg = msg if everywhere else f"rank {comm.rank}: {msg}"
     print(f"{PROG}: error: {' '.join(str(msg).split())}", file=sys.stderr, flush=True)
 
 
@@ -190,12 +202,15 @@ def _one_line_warnings() -> Iterator[None]:
 
 def run_train(options: dict[str, Any]) -> int:
     """Run ``train`` with the options given on the command line; returns the exit status."""
+    from . import distributed
     from .train import TrainConfig, TrainingDiverged, fit, interrupt_on_signals, resume_config, run_mode
 
     opts = dict(options)
     resume, overwrite = opts.pop("resume", False), opts.pop("overwrite", False)
     out = opts.get("out")
-    with _one_line_warnings(), interrupt_on_signals():
+    comm = distributed.init()
+    passes = (TrainingDiverged, UsageError, distributed.DistributedError)
+    with _one_line_warnings(), interrupt_on_signals(), distributed.abort_on_error(comm, passes):
         try:
             if run_mode(resume, overwrite, out) == "resume":
                 config = resume_config(out, opts)
@@ -204,19 +219,24 @@ def run_train(options: dict[str, Any]) -> int:
                 out = config.out or default_out_dir(config)
                 config = config.replace(out=out)
             result = fit(config, resume=resume, overwrite=overwrite)
+        except distributed.PeerFailed as e:  # the failing rank has said why
+            return e.code
         except TrainingDiverged as e:
-            _error(str(e))
+            _error(str(e), comm)
             return EXIT_DIVERGED
         except UsageError as e:
-            _error(str(e))
+            _error(str(e), comm, getattr(e, "all_ranks", True))
             return EXIT_USAGE
+        except distributed.DistributedError as e:
+            _error(str(e), comm)
+            return 1
         except KeyboardInterrupt as e:
             path, epoch = getattr(e, "checkpoint", None), getattr(e, "checkpoint_epoch", None)
             where = (f"; {path} holds epoch {epoch}: continue with python -m dualtensor train --resume --out {out}"
                      if path is not None else "")
-            _error(f"interrupted ({signal.Signals(exit_status(e) - 128).name}){where}")
+            _error(f"interrupted ({signal.Signals(exit_status(e) - 128).name}){where}", comm)
             return exit_status(e)
-    if config.quiet:
+    if config.quiet and comm.is_root:
         acc = result.summary.get("test_acc")
         print(f"test accuracy {acc:.4f}" if acc is not None else "no test accuracy")
     return EXIT_OK

@@ -38,6 +38,20 @@ def gpu_available() -> bool:
     return cupy_module() is not None
 
 
+def gpu_count() -> int:
+    """The number of GPUs CuPy sees (0 without CuPy or a GPU)."""
+    cp = cupy_module()
+    return int(cp.cuda.runtime.getDeviceCount()) if cp is not None else 0
+
+
+def select_gpu(index: int) -> None:
+    """Make GPU ``index`` the current device of this process (CuPy)."""
+    cp = cupy_module()
+    if cp is None:
+        raise RuntimeError("select_gpu: cupy is not installed or sees no GPU")
+    cp.cuda.Device(index).use()
+
+
 def is_cupy(x: Any) -> bool:
     """True for a CuPy ndarray (checked without importing CuPy)."""
     return type(x).__module__.startswith("cupy")

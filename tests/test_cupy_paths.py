@@ -151,15 +151,17 @@ def test_dropout_draws_on_the_device_and_recompute_refuses_what_it_cannot_replay
     streams = T.RandomStreams(config, model)
     streams.start_epoch(1)
     drop = streams.dropout[0]
-    assert dt.backend.rng_module(drop.rng) is cupy and dt.backend.rng_module(streams.tangents) is cupy
+    assert dt.backend.rng_module(drop.rng) is cupy
     model.to("gpu")
     x = gpu(np.ones((4, 1, 8, 8), np.float32))
     y = gpu(np.arange(4))
     assert dt.backend.is_cupy(drop(x))  # the mask came from the device generator
     loss = lambda lg, t: F.cross_entropy(lg, t, reduction="none")  # noqa: E731
-    dt.activity_gradient(model, loss, x, y, k=2, rng=streams.tangents, keep="tape")
+    res = dt.activity_gradient(model, loss, x, y, k=2, rng=streams.next_tangents(), keep="tape",
+                               return_estimate=True)
+    assert dt.backend.is_cupy(res.tangents)  # keyed tangents, made on the device
     with pytest.raises(ValueError, match="keep='tape'"):
-        dt.activity_gradient(model, loss, x, y, k=2, rng=streams.tangents, keep="recompute")
+        dt.activity_gradient(model, loss, x, y, k=2, rng=streams.next_tangents(), keep="recompute")
 
 
 def test_every_loss_checks_devices_and_a_list_target_joins_the_logits():

@@ -162,15 +162,30 @@ def test_the_gpu_check_script_parses_and_its_commands_exist():
         sys.path.pop(0)
 
 
-def test_a_device_generator_is_seeded_once_per_epoch_not_per_step(monkeypatch):
-    """Seeding a CuPy generator sets up its bank of curand states: training does it once per epoch."""
+def test_no_device_generator_is_seeded_per_step(monkeypatch):
+    """Seeding a CuPy generator sets up its bank of curand states: the keyed tangents need none (they
+    are computed on the device from counters), dropout seeds one per epoch."""
+    from dualtensor import nn
+
     made = []
     real = cupy.random.default_rng
     monkeypatch.setattr(cupy.random, "default_rng", lambda seed=None: made.append(seed) or real(seed))
-    config = T.TrainConfig(dataset="digits", limit=320, epochs=2, batch_size=16, width=16, k=4, quiet=True,
-                           device="gpu")
-    result = T.fit(config)
-    assert result.state.step == 40 and len(made) == 2  # one per epoch
+    build = T.runner.build_model
+
+    def with_dropout(*a):
+        model = build(*a)
+        model.blocks()[0].append(nn.Dropout(0.1))
+        return model
+
+    monkeypatch.setattr(T.runner, "build_model", with_dropout)
+    counts = []
+    for limit, steps in ((320, 40), (160, 20)):
+        made.clear()
+        config = T.TrainConfig(dataset="digits", limit=limit, epochs=2, batch_size=16, width=16, k=4, quiet=True,
+                               device="gpu")
+        assert T.fit(config).state.step == steps
+        counts.append(len(made))
+    assert counts[0] == counts[1] >= 2  # the dropout module's: per epoch, not per step
 
 
 @pytest.mark.parametrize("at, expect", [(40, "epoch 1, step 33-64"), (73, "epoch 1, step 65-78")])
@@ -180,8 +195,8 @@ def test_the_device_finite_check_locates_a_divergence_within_its_window(tmp_path
 
     real = R.make_step
 
-    def poisoned(model, config, tangents):
-        step, calls = real(model, config, tangents), [0]
+    def poisoned(model, config, tangents, comm=None):
+        step, calls = real(model, config, tangents, comm), [0]
 
         def f(x, y):
             calls[0] += 1

@@ -153,8 +153,8 @@ def poison_gradients(monkeypatch, at_call: int):
     """Make the step function return a NaN gradient on its ``at_call``-th call."""
     real = R.make_step
 
-    def poisoned(model, config, rng):
-        step = real(model, config, rng)
+    def poisoned(model, config, rng, comm=None):
+        step = real(model, config, rng, comm)
         calls = {"n": 0}
 
         def f(x, y):
@@ -624,22 +624,27 @@ def test_resnet18_gradient_step(grad):
     assert np.isfinite(loss_e) and 0 <= acc <= 1 and model.training
 
 
-def test_random_streams_depend_on_seed_and_epoch_only():
+def test_random_streams_depend_on_seed_step_and_epoch_only():
     from dualtensor import nn
+
+    def tangent(keys):
+        return keys.weight("normal", 1, 4, dtype=np.float32)[0]
 
     config = T.TrainConfig(width=8, depth=1, seed=3).resolved()
     model = T.build_model(config, (1, 8, 8), 10)
     model.drop = nn.Dropout(0.5)  # a module with its own generator, like a ViT with dropout
     streams = T.RandomStreams(config, model)
-    first = streams.tangents.random(4), model.drop.rng.random(4)
-    streams.start_epoch(2)
-    second = streams.tangents.random(4), model.drop.rng.random(4)
+    streams.start_epoch(1, 0)
+    first = tangent(streams.next_tangents()), model.drop.rng.random(4)
+    streams.start_epoch(2, 7)
+    second = tangent(streams.next_tangents()), model.drop.rng.random(4)
+    assert streams.step == 8
     again = T.RandomStreams(config, model)
-    again.start_epoch(2)
-    assert all(np.array_equal(a, b) for a, b in zip(second, (again.tangents.random(4), model.drop.rng.random(4))))
+    again.start_epoch(2, 7)  # a resumed run: the same epoch and step draw the same numbers
+    assert all(np.array_equal(a, b) for a, b in zip(second, (tangent(again.next_tangents()), model.drop.rng.random(4))))
     assert not any(np.array_equal(a, b) for a, b in zip(first, second))
     other = T.RandomStreams(config.replace(seed=4), model)
-    assert not np.array_equal(first[0], other.tangents.random(4))
+    assert not np.array_equal(first[0], tangent(other.next_tangents()))
 
 
 def test_build_model_is_seeded():

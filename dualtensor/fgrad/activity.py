@@ -27,23 +27,19 @@ from ..autodiff import backward, vjp
 from ..backend import generator_state, get_xp, set_generator_state
 from ..nn.models.blocked import probe_blocks
 from ..tensor import DualTensor, Traced, Zero
-from . import samplers as _samplers
 from .aggregators import get_aggregator
-from .samplers import as_generator, get_sampler, validate_tangents
+from .samplers import as_generator, get_sampler, is_iid, validate_tangents
+from .streams import KeyedTangents
 
 __all__ = ["ActivityResult", "activity_gradient", "exact_activation_gradients", "activation_sizes",
            "activity_tangents", "draws_per_block"]
-
-_IID = {_samplers.normal, _samplers.rademacher}
-
 
 def draws_per_block(sampler: Any) -> bool:
     """True for i.i.d. samplers (normal, rademacher): drawing each block's part separately is the same
     as drawing the whole vector, so activity perturbation draws each block's (k, B, n_i) part as that
     block's output appears, in block order (no pass to learn the sizes first). Other samplers draw
     all (k, B, n) at once."""
-    draw = get_sampler(sampler)
-    return getattr(draw, "func", draw) in _IID
+    return is_iid(sampler)
 
 
 class _TangentDraw:
@@ -56,6 +52,40 @@ class _TangentDraw:
     def __call__(self, n: int, dtype: Any) -> Any:
         """(k, batch, n) tangents: one block's part, or (not per block) all n entries at once."""
         return self.draw(self.k, (n,), self.rng, dtype=dtype, xp=self.xp, batch=self.batch, shared=self.shared)
+
+    whole = __call__
+
+
+def _tangent_draw(sampler: Any, k: int, rng: Any, xp: Any, batch: int, shared: bool,
+                  own: tuple[int, int] | None = None) -> Any:
+    """The draw of tangents ``own`` (default all k): keyed (:class:`KeyedTangents`) or from a generator."""
+    if isinstance(rng, KeyedTangents):
+        return rng.activity(sampler, k, batch, shared=shared, xp=xp, tangents=own)
+    return _TangentDraw(sampler, k, as_generator(rng, xp), xp, batch, shared)
+
+
+def _split_plan(comm: Any, split: str, k: int, rng: Any, B: int, simulated: bool) -> tuple[Any, Any]:
+    """(rng, this rank's tangent range or None) for an estimate over ``comm``: keyed tangents, and
+    for ``split="data"`` restricted to this rank's rows of the global batch."""
+    if split not in ("tangents", "data"):
+        raise ValueError(f"activity_gradient: split must be 'tangents' or 'data', got {split!r}")
+    if comm is None or comm.size == 1:
+        return rng, None
+    if isinstance(rng, (int, np.integer)):
+        rng = KeyedTangents(int(rng))
+    if not isinstance(rng, KeyedTangents):
+        raise ValueError("activity_gradient over several ranks needs tangents every rank can draw: pass "
+                         f"rng=KeyedTangents(seed, step) or a seed, not a {type(rng).__name__}")
+    if split == "data":
+        if rng.row_range is None:
+            counts = [int(c) for c in comm.allgather(np.array([B], dtype=np.int64))]
+            first = sum(counts[:comm.rank])
+            rng = rng.rows(first, first + B, sum(counts))
+        return rng, None
+    if k < comm.size:
+        raise ValueError(f"activity_gradient: k={k} tangents cannot be split over {comm.size} ranks "
+                         "(need k >= ranks)")
+    return rng, None if simulated else comm.split(k)
 
 
 def activity_tangents(sampler: Any, k: int, sizes: Sequence[int], rng: Any, *, dtype: Any, xp: Any, batch: int,
@@ -139,7 +169,7 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
                       sampler: Any = "normal", aggregate: Any = "projection", rng: Any = None,
                       shared: bool = False, scale: bool = False, simulated: bool = False, keep: str = "tape",
                       blocks: Sequence[Any] | None = None, tangents: Any = None,
-                      return_estimate: bool = False) -> ActivityResult:
+                      return_estimate: bool = False, comm: Any = None, split: str = "tangents") -> ActivityResult:
     """Activity-perturbed forward gradient of ``mean_b loss_fn(model(x), y)[b]`` w.r.t. the parameters.
 
     ``loss_fn(logits, y)`` must return per-sample losses of shape (B,) (e.g.
@@ -155,6 +185,15 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
     gradients of the summed losses w.r.t. every block output from one reverse pass (the forward
     then carries no tangents; the same rng draws the same tangents; same aggregation; batch-norm
     statistics and dropout masks advance once, as in a real step), for analysis.
+    ``rng`` may be a :class:`~dualtensor.fgrad.streams.KeyedTangents` (tangents as a pure
+    function of seed, step, tangent, block and sample). With ``comm`` (a :mod:`dualtensor.distributed`
+    communicator of P ranks, a keyed ``rng`` or a seed, the same arguments on every rank):
+    ``split="tangents"``: each rank carries its share of the k tangents through the forward pass,
+    the (k, B) directional derivatives are gathered, every rank regenerates all tangents and
+    computes the same estimate; ``split="data"``: ``x``, ``y`` are this rank's shard of the batch
+    (the tangents are those of its rows of the global batch), and the loss and gradients are
+    summed over the ranks weighted by shard size (one Allreduce), so every rank gets the
+    gradient of the global batch mean (``d`` and ``estimate`` stay per shard).
     Returns an :class:`ActivityResult`; ``grads`` is keyed by parameter
     name (every parameter of the blocks; a parameter used by several blocks gets the sum).
     """
@@ -176,13 +215,15 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
         raise ValueError(f"activity_gradient: k must be a positive integer (or pass tangents=), got {k!r}")
     k = int(k)
     agg = get_aggregator(aggregate, scale=True) if scale else get_aggregator(aggregate)
-    V = tangents
+    rng, own = _split_plan(comm, split, k, rng, B, simulated)
+    carried = k if own is None else own[1] - own[0]
+    V = tangents if own is None or tangents is None else tangents[own[0]:own[1]]
     draw = None
     if V is None:  # one generator for all blocks (a seed must not restart per block)
-        draw = _TangentDraw(sampler, k, as_generator(rng, xp), xp, B, shared)
+        draw = _tangent_draw(sampler, k, rng, xp, B, shared, own)
         if not draw.per_block:  # structured: draw the whole (k, B, n) at once
             probe_sizes, dtype = probe_blocks(blocks, x)  # costs 1/B of a primal forward pass
-            V, draw = draw(sum(probe_sizes), dtype), None
+            V, draw = draw.whole(sum(probe_sizes), dtype), None
 
     leaves: dict[int, tuple[str, Any]] = {}       # traced leaf id -> (name, parameter)
     traces, inputs, sizes, shapes, V_parts, sim_leaves = [], [], [], [], [], []
@@ -218,7 +259,7 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
                                  f"but block {i} ends at entry {offset + n_i}")
             v_i = V[:, :, offset:offset + n_i]
         offset += n_i
-        v_i = v_i.reshape(k, *primal.shape)
+        v_i = v_i.reshape(carried, *primal.shape)
         if v_i.dtype != primal.dtype:
             v_i = v_i.astype(primal.dtype)
         if simulated:  # reverse mode only: a tape leaf per block output gives its exact gradient
@@ -238,6 +279,8 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
     loss = (per_sample.value if simulated else per_sample.primal).mean()  # stays on the device
     if V is None:
         V = V_parts[0] if len(V_parts) == 1 else xp.concatenate(V_parts, axis=-1)
+    if own is not None:  # every rank aggregates all k tangents: regenerate the other ranks' ones
+        V = tangents if tangents is not None else _all_tangents(sampler, k, rng, xp, B, shared, own, V, sizes)
     if simulated:  # exact gradients of the summed per-sample losses w.r.t. every block output:
         # backprop block by block (block i's input is the tape leaf holding block i-1's output)
         def grad_of(got: dict, leaf: Any) -> Any:
@@ -253,6 +296,8 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
         d = xp.einsum("kbn,bn->kb", V, g_flat.astype(V.dtype, copy=False))
     else:
         d = per_sample.tangent_array()
+        if own is not None:
+            d = comm.allgather(d)  # (k, B): the only numbers the ranks exchange
     est = agg(d, V)  # (B, n): per-sample dl_b/da estimate
     cot = est * (1.0 / B)  # the objective is the batch mean
 
@@ -293,5 +338,28 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
                 _restore(block, now)
             for (n, p), g in zip(params, fn(c.astype(out_value.dtype, copy=False))):
                 add(names.get(id(p), n), g)
+    if split == "data" and comm is not None and comm.size > 1:
+        first, end, total = rng.row_range
+        names_ = sorted(grads)
+        summed = comm.allreduce_many([loss, *(grads[n] for n in names_)], (end - first) / total)
+        loss, grads = summed[0], dict(zip(names_, summed[1:]))
     return ActivityResult(loss, grads, d, sizes, est if return_estimate else None,
                           V if return_estimate else None)
+
+
+def _all_tangents(sampler: Any, k: int, rng: Any, xp: Any, B: int, shared: bool, own: tuple[int, int], V_own: Any,
+                  sizes: list) -> Any:
+    """All k tangents (k, B, n) around this rank's ``V_own`` (tangents ``own``), the others drawn again."""
+    dtype = V_own.dtype
+    if not is_iid(sampler):
+        return _tangent_draw(sampler, k, rng, xp, B, shared).whole(sum(sizes), dtype)
+    first = _tangent_draw(sampler, k, rng, xp, B, shared, (0, own[0]))
+    rest = _tangent_draw(sampler, k, rng, xp, B, shared, (own[1], k))
+    rows = slice(0, 1) if shared else slice(None)  # shared: keep one row, broadcast at the end
+    parts, off = [], 0
+    for n_i in sizes:
+        parts.append(xp.concatenate([first(n_i, dtype)[:, rows], V_own[:, rows, off:off + n_i],
+                                     rest(n_i, dtype)[:, rows]]))
+        off += n_i
+    V = parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=-1)
+    return xp.broadcast_to(V, (k, B, V.shape[-1])) if shared else V

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..backend import generator_for, get_default_dtype, is_cupy, rng_module
 
-__all__ = ["normal", "rademacher", "orthonormal", "basis", "cone", "varying_length", "supplied",
+__all__ = ["is_iid", "normal", "rademacher", "orthonormal", "basis", "cone", "varying_length", "supplied",
            "validate_tangents", "as_generator", "get_sampler", "register_sampler", "SAMPLERS"]
 
 Sampler = Callable[..., Any]
@@ -324,6 +324,13 @@ def supplied(tangents: Any) -> Sampler:
 
 
 # ---------------------------------------------------------------------------------- registry
+
+def is_iid(sampler: Any) -> bool:
+    """True for the i.i.d. samplers (normal, rademacher, unparametrised): each entry is drawn on its
+    own, so any part of a tangent can be drawn without the rest."""
+    draw = get_sampler(sampler)
+    return getattr(draw, "func", draw) in (normal, rademacher)
+
 
 SAMPLERS: dict[str, Sampler] = {
     "normal": normal, "gaussian": normal, "rademacher": rademacher, "orthonormal": orthonormal,

@@ -22,6 +22,7 @@ from ..backend import get_xp
 from ..pytree import flatten, unflatten
 from .aggregators import get_aggregator
 from .samplers import get_sampler
+from .streams import KeyedTangents
 
 __all__ = ["forward_gradient", "simulated_forward_gradient", "tangent_tree", "flatten_params"]
 
@@ -73,7 +74,48 @@ def tangent_tree(V: Any, params: Any, batched: bool = False) -> Any:
 def _sample(leaves: list, xp: Any, dtype: Any, n: int, k: int, sampler: Any, rng: Any, batched: bool,
             shared: bool) -> Any:
     B = leaves[0].shape[0] if batched else None
+    if isinstance(rng, KeyedTangents):
+        if batched:
+            raise ValueError("forward_gradient: keyed tangents (KeyedTangents) serve one problem, not batched=True")
+        if not (hasattr(sampler, "shape") and hasattr(sampler, "dtype")):
+            return rng.weight(sampler, k, n, dtype=dtype, xp=xp)
     return get_sampler(sampler)(k, (n,), rng, dtype=dtype, xp=xp, batch=B, shared=shared)
+
+
+def _plan(comm: Any, split: str, k: int, rng: Any, batched: bool) -> tuple[int, int] | None:
+    """This rank's tangent range for ``split="tangents"`` over ``comm`` (None: every rank carries
+    all k tangents); checks what parallel estimation needs."""
+    if split not in ("tangents", "data"):
+        raise ValueError(f"split must be 'tangents' or 'data', got {split!r}")
+    if comm is None or comm.size == 1:
+        return None
+    if batched:
+        raise ValueError("forward_gradient: batched=True problems cannot be split over ranks")
+    if not isinstance(rng, (KeyedTangents, int, np.integer)):
+        raise ValueError("forward_gradient over several ranks needs tangents every rank can draw: pass "
+                         f"rng=KeyedTangents(seed, step) or a seed, not a {type(rng).__name__}")
+    if split == "data":
+        return None
+    if k < comm.size:
+        raise ValueError(f"forward_gradient: k={k} tangents cannot be split over {comm.size} ranks (need k >= ranks)")
+    return comm.split(k)
+
+
+def _keys(rng: Any) -> Any:
+    return KeyedTangents(int(rng)) if isinstance(rng, (int, np.integer)) else rng
+
+
+def _gather(comm: Any, split: str, loss: Any, d: Any, weight: float | None, xp: Any) -> tuple[Any, Any]:
+    """The global loss and directional derivatives from this rank's: gathered over the tangents
+    (``split="tangents"``), or for ``split="data"`` the ``weight``-ed sum over the ranks' shards
+    (one Allreduce of k + 1 numbers)."""
+    if comm is None or comm.size == 1:
+        return loss, d
+    if split == "tangents":
+        return loss, comm.allgather(d)
+    w = 1.0 / comm.size if weight is None else float(weight)
+    buf = comm.allreduce(xp.concatenate([xp.reshape(loss, (1,)).astype(d.dtype), d]) * d.dtype.type(w))
+    return buf[0], buf[1:]
 
 
 def _check_loss(loss: Any, leaves: list, batched: bool) -> None:
@@ -85,7 +127,8 @@ def _check_loss(loss: Any, leaves: list, batched: bool) -> None:
 
 def forward_gradient(f: Callable[[Any], Any], params: Any, k: int = 1, *, sampler: Any = "normal",
                      aggregate: Any = "projection", rng: Any = None, batched: bool = False, shared: bool = False,
-                     return_tangents: bool = False) -> tuple:
+                     return_tangents: bool = False, comm: Any = None, split: str = "tangents",
+                     weight: float | None = None) -> tuple:
     """Multi-tangent forward gradient of ``f(params)`` by real forward-mode AD (weight perturbation).
 
     ``sampler``: a name (``"normal"``, ``"rademacher"``, ``"orthonormal"``, ``"basis"``, ...), a
@@ -96,15 +139,29 @@ def forward_gradient(f: Callable[[Any], Any], params: Any, k: int = 1, *, sample
     ``batched``/``shared``: see the module docstring (``shared`` only matters with ``batched=True``;
     without a batch axis one tangent set serves the whole loss anyway).
 
+    ``rng`` may be a :class:`~dualtensor.fgrad.streams.KeyedTangents` (tangents as a pure function of
+    seed, step and tangent index). With ``comm`` (a :mod:`dualtensor.distributed` communicator of
+    P ranks, every rank calling with the same arguments and a keyed ``rng`` or seed):
+    ``split="tangents"`` makes each rank carry its share of the k tangents through ``f`` and gather
+    the directional derivatives (every rank regenerates all k tangents to aggregate, so all get the
+    same estimate); ``split="data"``: each rank's ``f`` is the loss of its own shard of the batch,
+    every rank carries all k (the same) tangents, and the ``weight``-ed (default 1/P; use
+    shard size / global batch) sum of the ranks' loss and directional derivatives (one Allreduce of
+    k + 1 numbers) is the global one.
+
     Returns ``(loss, grad, d)``: the loss, the gradient estimate with the structure of ``params``,
     and the k directional derivatives ``d`` (``(k,)`` or ``(k, B)``); with ``return_tangents`` also
     the global tangent array V (split it with :func:`tangent_tree`).
     """
     leaves, treedef, xp, dtype, n = flatten_params(params, batched)
+    own = _plan(comm, split, k, rng, batched)
+    rng = _keys(rng) if comm is not None and comm.size > 1 else rng
     V = _sample(leaves, xp, dtype, n, k, sampler, rng, batched, shared)
-    tangents = _split(V, leaves, 1, batched)
+    carried = V if own is None else V[own[0]:own[1]]
+    tangents = _split(carried, leaves, 1, batched)
     loss, d = jvp(lambda *ls: f(unflatten(treedef, list(ls))), tuple(leaves), tuple(tangents))
     _check_loss(loss, leaves, batched)
+    loss, d = _gather(comm, split, loss, d, weight, xp)
     g = get_aggregator(aggregate)(d, V)
     grads = unflatten(treedef, _split(g, leaves, 0, batched))
     return (loss, grads, d, V) if return_tangents else (loss, grads, d)
@@ -112,15 +169,20 @@ def forward_gradient(f: Callable[[Any], Any], params: Any, k: int = 1, *, sample
 
 def simulated_forward_gradient(f: Callable[[Any], Any], params: Any, k: int = 1, *, sampler: Any = "normal",
                                aggregate: Any = "projection", rng: Any = None, batched: bool = False,
-                               shared: bool = False, return_tangents: bool = False) -> tuple:
+                               shared: bool = False, return_tangents: bool = False, comm: Any = None,
+                               split: str = "tangents", weight: float | None = None) -> tuple:
     """The same estimator as :func:`forward_gradient`, computed from the exact gradient.
 
     The exact gradient comes from reverse mode (``dt.vjp``); the directional derivatives are
     ``d = V ∇f`` for tangents drawn exactly as :func:`forward_gradient` draws them (same ``rng``
     state → same tangents), then aggregated the same way. Useful to check forward mode, and
-    cheaper when n is small. Same arguments and return value as :func:`forward_gradient`.
+    cheaper when n is small. Same arguments and return value as :func:`forward_gradient`; with
+    ``split="tangents"`` there is nothing to split (no tangent is carried), so every rank computes
+    all of it.
     """
     leaves, treedef, xp, dtype, n = flatten_params(params, batched)
+    _plan(comm, split, k, rng, batched)
+    rng = _keys(rng) if comm is not None and comm.size > 1 else rng
     V = _sample(leaves, xp, dtype, n, k, sampler, rng, batched, shared)
     loss, back = vjp(lambda *ls: f(unflatten(treedef, list(ls))), *leaves)
     _check_loss(loss, leaves, batched)
@@ -132,6 +194,8 @@ def simulated_forward_gradient(f: Callable[[Any], Any], params: Any, k: int = 1,
     else:
         grad = xp.concatenate([g.reshape(-1) for g in gl])
         d = V @ grad
+    if split == "data":
+        loss, d = _gather(comm, split, loss, d, weight, xp)
     g = get_aggregator(aggregate)(d, V)
     grads = unflatten(treedef, _split(g, leaves, 0, batched))
     return (loss, grads, d, V) if return_tangents else (loss, grads, d)

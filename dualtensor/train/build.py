@@ -8,7 +8,7 @@ from .config import EXP_GAMMA, STEP_EVERY_FRACTION, STEP_GAMMA, ConfigError, Tra
 __all__ = ["build_model", "build_optimizer", "build_schedule", "tangent_generator", "dropout_modules",
            "RandomStreams", "model_blocks"]
 
-_TANGENT_STREAM = (0, 1)   # tangents of epoch e: default_rng([seed, 0, 1, e])
+_TANGENT_STREAM = (0, 1)   # tangent_generator of epoch e: default_rng([seed, 0, 1, e])
 _DROPOUT_STREAM = (0, 2)   # dropout module i in epoch e: default_rng([seed, 0, 2, i, e])
 
 
@@ -69,7 +69,8 @@ def build_schedule(config: TrainConfig, optimizer: Any) -> Any:
 
 
 def tangent_generator(config: TrainConfig, epoch: int = 1) -> Any:
-    """The generator of the tangents of ``epoch``, on the run's device, seeded by ``(seed, epoch)``."""
+    """A generator for the tangents of ``epoch``, on the run's device, seeded by ``(seed, epoch)``
+    (for :func:`make_step` outside :func:`fit`, which draws keyed tangents instead)."""
     from ..backend import array_module, default_rng
 
     return default_rng([config.seed, *_TANGENT_STREAM, epoch], array_module(config.device))
@@ -83,32 +84,32 @@ def dropout_modules(model: Any) -> list[tuple[str, Any]]:
 
 
 class RandomStreams:
-    """The run's random numbers, drawn on its device: the tangents and every dropout module's masks
-    come from generators seeded by ``(seed, epoch)`` and made afresh when an epoch starts.
-
-    Nothing about them needs saving: a run resumed at an epoch boundary draws exactly what the
-    uninterrupted run drew (CuPy's generators cannot save their state at all), and a GPU seeds one
-    generator per epoch (and per dropout module) instead of one per step. Epoch 1's are made when
-    first asked for.
+    """The run's random numbers. The tangents of step s (counted over the whole run from 0) are
+    :class:`~dualtensor.fgrad.streams.KeyedTangents` ``(seed, s)``: a pure function of seed, step,
+    tangent index and position, so any MPI rank can draw any part of them and a resumed run draws
+    exactly what the uninterrupted one drew. Every dropout module's masks come from a generator
+    seeded by ``(seed, epoch)``, made afresh on the run's device when an epoch starts (nothing to
+    save; CuPy's generators cannot save their state at all).
     """
 
     def __init__(self, config: TrainConfig, model: Any):
         self.config, self.model = config, model
         self.dropout = [m for _, m in dropout_modules(model)]
-        self._tangents: Any = None
+        self.step = 0
 
-    @property
-    def tangents(self) -> Any:
-        """The tangent generator of the current epoch."""
-        if self._tangents is None:
-            self.start_epoch(1)
-        return self._tangents
+    def next_tangents(self) -> Any:
+        """The keyed tangents of the next step (and count it)."""
+        from ..fgrad.streams import KeyedTangents
 
-    def start_epoch(self, epoch: int) -> None:
-        """Seed the generators of ``epoch`` (1-based)."""
+        keys = KeyedTangents(self.config.seed, self.step)
+        self.step += 1
+        return keys
+
+    def start_epoch(self, epoch: int, step: int = 0) -> None:
+        """Seed the dropout generators of ``epoch`` (1-based), whose first step is ``step``."""
         from ..backend import array_module, default_rng
 
         xp = array_module(self.config.device)
-        self._tangents = tangent_generator(self.config, epoch)
+        self.step = step
         for i, m in enumerate(self.dropout):
             m.rng = default_rng([self.config.seed, *_DROPOUT_STREAM, i, epoch], xp)

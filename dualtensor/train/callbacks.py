@@ -21,6 +21,8 @@ import math
 import sys
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..checkpoint import read_epoch
 from ..metrics import history_csv, history_jsonl, history_png
 from .errors import TrainingDiverged
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
     from .loop import EpochStats
     from .steps import StepOutput
 
-__all__ = ["Callback", "Every", "FiniteCheck", "EarlyStopping", "MetricsWriter", "Checkpointer", "ProgressBar",
+__all__ = ["Callback", "Every", "FiniteCheck", "ReplicaCheck", "EarlyStopping", "MetricsWriter", "Checkpointer", "ProgressBar",
            "EpochLog", "Plotter"]
 
 
@@ -139,6 +141,42 @@ class FiniteCheck(Callback):
         start = self._since - (self._since - 1) % self.every.n
         raise TrainingDiverged("the training loss or a gradient became non-finite", epoch=row["epoch"],
                                step=f"{start}-{self._since}" if start != self._since else self._since)
+
+
+class ReplicaCheck(Callback):
+    """With several MPI ranks, every rank must hold the same parameters: at the start and every
+    ``every``-th step, one Allgather of two float64 checksums per parameter (the sum and the sum
+    of squares) compares them, and a mismatch stops every rank with a
+    :class:`~dualtensor.distributed.DistributedError` naming the first differing parameter."""
+
+    order = 1
+
+    def __init__(self, every: Every | None = None):
+        self.every = every or Every(100)
+
+    def on_fit_start(self, run: "Run") -> None:
+        self._check(run, run.state.step)
+
+    def on_step_end(self, run: "Run", out: "StepOutput", stats: "EpochStats") -> None:
+        step = run.state.step + stats.steps
+        if self.every(step):
+            self._check(run, step)
+
+    def _check(self, run: "Run", step: int) -> None:
+        from ..backend import get_xp, to_host
+        from ..distributed import DistributedError
+
+        names, params = zip(*run.model.named_parameters())
+        xp = get_xp(*(p.data for p in params))
+        sums = xp.stack([xp.stack([p.data.sum(dtype=np.float64), (p.data.astype(np.float64) ** 2).sum()])
+                         for p in params])
+        every = to_host(run.comm.allgather(sums[None])).reshape(run.comm.size, len(names), 2)
+        bad = np.flatnonzero((every != every[:1]).any(axis=(0, 2)))
+        if bad.size:
+            ranks = np.flatnonzero((every[:, bad[0]] != every[0, bad[0]]).any(axis=1))
+            raise DistributedError(f"the ranks' parameters differ at step {step}: {names[bad[0]]} on rank(s) "
+                                   f"{', '.join(map(str, ranks))} is not rank 0's (a rank computed another "
+                                   "update; check that every rank runs the same code, data and BLAS threads)")
 
 
 class EarlyStopping(Callback):

@@ -72,17 +72,18 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("cpu", "gpu"),
     "dtype": ("float32", "float64"),
     "stem": ("imagenet", "cifar"),
+    "parallel": ("none", "tangents", "data"),
 }
 
 #: options a resumed run may change; every other one must equal the checkpoint's. A new ``lr`` is
 #: recorded as a learning-rate change at the epoch the run resumes from.
 RESUME_MUTABLE = frozenset({"epochs", "early_stopping", "lr", "eval_batch_size", "data_dir", "download",
-                            "mirrors", "device", "threads", "heap_arrays", "plot", "quiet"})
+                            "mirrors", "device", "threads", "heap_arrays", "plot", "quiet", "check_every"})
 
 # smallest allowed value of integer options (others: no bound)
 _MIN_INT = {"k": 1, "epochs": 1, "batch_size": 1, "eval_batch_size": 1, "width": 1, "depth": 0, "patch_size": 1,
             "heads": 1, "mlp_dim": 1, "limit": 1, "val_size": 0, "step_size": 1, "t_max": 1, "early_stopping": 1,
-            "threads": 1, "seed": 0}
+            "threads": 1, "seed": 0, "ranks": 1, "check_every": 0}
 _NONNEG_FLOAT = ("momentum", "weight_decay", "gamma", "decay", "eta_min", "cone_alpha", "tangent_length")
 # the schedule options and the schedules that take them
 _SCHEDULE_OPTIONS = {"step_size": ("step",), "gamma": ("step", "exponential"), "decay": ("exponential", "expdecay"),
@@ -168,6 +169,10 @@ class TrainConfig:
     init_from: str | None = None
     plot: bool = False
     quiet: bool = False
+    # scale-out (MPI): ``ranks`` is the job's size, recorded by fit, not an option
+    parallel: str = "none"
+    ranks: int = 1
+    check_every: int = 100
 
     def to_dict(self) -> dict:
         """A JSON-able copy of the fields."""
@@ -252,6 +257,7 @@ class TrainConfig:
         except _data.DataError as e:
             raise ConfigError(str(e)) from None
         self._check_data_sizes()
+        self._check_parallel()
         if not machine:
             return
         if self.data_dir is not None and not Path(self.data_dir).expanduser().is_dir():
@@ -290,6 +296,20 @@ class TrainConfig:
                 fgrad.get_sampler(sampler, **{param: value})(2, (4,), np.random.default_rng(0))
             except ValueError as e:
                 raise ConfigError(f"{option(name)} {value}: {e}") from None
+
+    def _check_parallel(self) -> None:
+        if self.parallel == "tangents" and self.grad != "forward":
+            raise ConfigError(f"--parallel tangents splits the k tangents of forward gradients; --grad {self.grad} "
+                              "carries none (use --parallel data)")
+        if self.parallel == "tangents" and self.k < self.ranks:
+            raise ConfigError(f"--parallel tangents: --k {self.k} tangents cannot be split over {self.ranks} ranks "
+                              "(need k >= ranks)")
+        if self.parallel == "data" and self.batch_size < self.ranks:
+            raise ConfigError(f"--parallel data: --batch-size {self.batch_size} cannot be split over {self.ranks} "
+                              "ranks (need batch size >= ranks)")
+        if self.parallel == "none" and self.ranks > 1:
+            raise ConfigError(f"this job has {self.ranks} MPI ranks but --parallel none: choose --parallel "
+                              "tangents or data (or start one process)")
 
     def _check_data_sizes(self) -> None:
         spec = _data.get_spec(self.dataset)

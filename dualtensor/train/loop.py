@@ -37,6 +37,7 @@ class EpochStats:
 
     def add(self, out: StepOutput, y: Any) -> None:
         """Count one step's batch: its loss, its correct predictions, its samples."""
+        y = y if out.targets is None else out.targets
         b = int(y.shape[0])
         self.loss_sum = self.loss_sum + out.loss * b  # float64: loss_sum starts as a NumPy float64
         self.correct = self.correct + (out.logits.argmax(axis=1) == y).sum()

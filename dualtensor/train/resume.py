@@ -48,6 +48,10 @@ def resume_checkpoint(rundir: RunDir, config: TrainConfig) -> Checkpoint:
     every run file as written, only :data:`RESUME_MUTABLE` options changed, ``epochs`` allowed."""
     ckpt = load_checkpoint(rundir.file("last.npz"))
     saved = stored_config(ckpt.config, rundir.file("last.npz"))
+    if saved.ranks != config.ranks:
+        raise ConfigError(f"--resume: this run was trained on {saved.ranks} MPI rank(s) and this job has "
+                          f"{config.ranks}; continue it with the same number (mpiexec -n {saved.ranks} ...), which "
+                          "repeats the uninterrupted run exactly")
     fixed = [k for k in saved.to_dict()
              if k not in RESUME_MUTABLE | {"out"} and getattr(saved, k) != getattr(config, k)]
     if fixed:
@@ -105,7 +109,7 @@ def restore(run: "Run", ckpt: Checkpoint) -> None:
         run.scheduler.set_base_lrs([run.config.lr] * len(run.optimizer.param_groups))
         run.state.lr_changes.append({"epoch": run.state.epoch, "from": saved_lr, "to": run.config.lr})
         run.log(f"learning rate changed from {saved_lr:g} to {run.config.lr:g} at epoch {run.state.epoch}")
-    run.log(f"resuming {run.rundir.path} from epoch {run.state.epoch}")
+    run.log(f"resuming {ckpt.path.parent} from epoch {run.state.epoch}")
 
 
 def _load_state(saved: Any, target: Any, what: str, where: str, check: Any = None) -> None:

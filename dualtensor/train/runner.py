@@ -13,10 +13,11 @@ from typing import Any
 from ..checkpoint import Checkpoint, checkpoint_arrays, write_npz
 from ..metrics import clean_json
 from .build import RandomStreams, build_model, build_optimizer, build_schedule, model_blocks
-from .callbacks import (Callback, Checkpointer, EarlyStopping, EpochLog, FiniteCheck, MetricsWriter, Plotter,
-                        ProgressBar)
+from .callbacks import (Callback, Checkpointer, EarlyStopping, EpochLog, Every, FiniteCheck, MetricsWriter, Plotter,
+                        ProgressBar, ReplicaCheck)
 from .config import ConfigError, TrainConfig
 from .errors import TrainingDiverged
+from ..distributed import agreed, bind_device, reduce_stats
 from .loop import evaluate, train_epoch
 from .resume import initialise_from, restore, resume_checkpoint
 from .rundir import RunDir
@@ -44,6 +45,7 @@ class Run:
     step: Step
     state: TrainState
     rundir: RunDir | None
+    comm: Any = None
     started: float = field(default_factory=time.perf_counter)
     best_weights: dict | None = None
     last_checkpoint: tuple[Path, int] | None = None
@@ -154,10 +156,12 @@ class FitResult:
 
 
 def default_callbacks(config: TrainConfig, with_files: bool) -> list[Callback]:
-    """The callbacks :func:`fit` adds unless told not to: the finite check, early stopping
-    (``early_stopping``), metrics and checkpoints (with a run folder), progress bar and epoch lines
-    (unless ``quiet``), the plot (``plot``)."""
+    """The callbacks :func:`fit` adds unless told not to: the finite check, the replica check
+    (``ranks`` > 1), early stopping (``early_stopping``), metrics and checkpoints (with a run
+    folder), progress bar and epoch lines (unless ``quiet``), the plot (``plot``)."""
     cbs: list[Callback] = [FiniteCheck()]
+    if config.ranks > 1 and config.check_every:
+        cbs.append(ReplicaCheck(Every(config.check_every)))
     if config.early_stopping:
         cbs.append(EarlyStopping(config.early_stopping))
     if with_files:
@@ -185,25 +189,64 @@ def fit(config: TrainConfig, callbacks: Sequence[Callback] = (), *, resume: bool
     """
     started = time.perf_counter()
     mode = run_mode(resume, overwrite, config.out)
-    if config.init_from is not None:
-        config = config.replace(init_from=str(Path(config.init_from).expanduser().resolve()))
-    config = config.resolved()
-    config.validate()
+    comm = job_communicator(config)
+    config = agreed(comm, lambda: _checked(config.replace(ranks=comm.size)))
+    bind_device(comm, config.device)
     if config.heap_arrays and config.device == "cpu":
         from ..allocator import heap_arrays
 
         heap_arrays()  # reuse freed large arrays across steps instead of page-faulting them in again
-    opened = RunDir.open(config.out, mode) if config.out else contextlib.nullcontext()
+    files = config.out if comm.is_root else None  # rank 0 alone writes the run folder
+    opened = agreed(comm, lambda: RunDir.open(files, mode) if files else contextlib.nullcontext())
     with blas_threads(config.threads), opened as rundir:
-        ckpt = resume_checkpoint(rundir, config) if resume else None
-        run = _prepare(config, rundir, ckpt, started)
-        cbs = sorted([*(default_callbacks(config, rundir is not None) if use_default_callbacks else []),
+        run = agreed(comm, lambda: _prepare(config if comm.is_root else _follower(config), rundir,
+                                            _checkpoint(comm, rundir, config, resume), started, comm))
+        cbs = sorted([*(default_callbacks(run.config, rundir is not None) if use_default_callbacks else []),
                       *callbacks], key=lambda c: c.order)
         try:
             return _execute(run, cbs)
         finally:
             for c in cbs:
                 c.close()
+
+
+def _checked(config: TrainConfig) -> TrainConfig:
+    if config.init_from is not None:
+        config = config.replace(init_from=str(Path(config.init_from).expanduser().resolve()))
+    config = config.resolved()
+    config.validate()
+    return config
+
+
+def job_communicator(config: TrainConfig) -> Any:
+    """The communicator of the job for ``config.parallel``: MPI's (:func:`dualtensor.distributed.init`)
+    for ``tangents``/``data``, a one-process one for ``none``; raises :class:`ConfigError` when MPI
+    is needed but missing."""
+    from .. import distributed
+
+    if config.parallel == "none":
+        return distributed.init() if distributed.launched() else distributed.Serial()
+    try:
+        return distributed.init(require=True)
+    except distributed.DistributedError as e:
+        raise ConfigError(f"--parallel {config.parallel}: {e}") from None
+
+
+def _follower(config: TrainConfig) -> TrainConfig:
+    """What a rank other than 0 runs: the same run, silent and without files."""
+    return config.replace(quiet=True, plot=False)
+
+
+def _checkpoint(comm: Any, rundir: RunDir | None, config: TrainConfig, resume: bool) -> Checkpoint | None:
+    """The checkpoint to resume from: rank 0 checks the run folder; the others read its
+    ``last.npz`` too (the folder must be on a file system every rank sees)."""
+    if not resume:
+        return None
+    if comm.is_root:
+        return resume_checkpoint(rundir, config)
+    from ..checkpoint import load_checkpoint
+
+    return load_checkpoint(Path(config.out).expanduser() / "last.npz")
 
 
 def run_mode(resume: bool, overwrite: bool, out: str | None) -> str:
@@ -226,11 +269,13 @@ def _execute(run: Run, callbacks: list[Callback]) -> FitResult:
         each("on_fit_start")
         while run.state.epoch < run.config.epochs and not run.stopping:
             epoch = run.state.epoch + 1
-            run.streams.start_epoch(epoch)
+            run.streams.start_epoch(epoch, run.state.step)
             each("on_epoch_start", epoch)
             lr = float(run.optimizer.param_groups[0]["lr"])
             stats = train_epoch(run.model, run.optimizer, run.step, run.batches(epoch),
                                 on_step=lambda out, s: each("on_step_end", out, s))
+            if run.config.parallel == "data":
+                stats = reduce_stats(run.comm, stats)
             t0 = time.perf_counter()
             val_loss, val_acc = evaluate(run.model, *run.data["val"], run.config.eval_batch_size)
             row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "val_loss": val_loss,
@@ -281,7 +326,8 @@ def load_data(config: TrainConfig) -> Any:
     return splits
 
 
-def _prepare(config: TrainConfig, rundir: RunDir | None, ckpt: Checkpoint | None, started: float) -> Run:
+def _prepare(config: TrainConfig, rundir: RunDir | None, ckpt: Checkpoint | None, started: float,
+             comm: Any = None) -> Run:
     from ..backend import to_device
 
     splits = load_data(config)
@@ -293,8 +339,8 @@ def _prepare(config: TrainConfig, rundir: RunDir | None, ckpt: Checkpoint | None
     streams = RandomStreams(config, model)
     data = {name: (to_device(s.x, config.device), to_device(s.y, config.device))
             for name, s in (("train", splits.train), ("val", splits.val), ("test", splits.test))}
-    run = Run(config, splits, data, model, optimizer, scheduler, streams, make_step(model, config, streams),
-              TrainState(), rundir, started=started)
+    run = Run(config, splits, data, model, optimizer, scheduler, streams, make_step(model, config, streams, comm),
+              TrainState(), rundir, comm, started=started)
     if ckpt is not None:
         restore(run, ckpt)
     elif config.init_from is not None:
@@ -302,6 +348,8 @@ def _prepare(config: TrainConfig, rundir: RunDir | None, ckpt: Checkpoint | None
     if rundir is not None:
         rundir.write_text("config.json", json.dumps(clean_json(config.to_dict()), indent=2) + "\n")
     method = "" if config.grad == "backprop" else f" ({config.perturb}, k={config.k}, {config.aggregate})"
+    if config.ranks > 1:
+        method += f", {config.parallel}-parallel over {config.ranks} ranks"
     if config.grad != "backprop" and config.perturb == "activity":
         sizes = model.activation_sizes(splits.input_shape, model_blocks(model, config))
         method += f", per-sample activation dimension n = {sum(sizes):,} ({' + '.join(map(str, sizes))})"

@@ -16,30 +16,53 @@ __all__ = ["StepOutput", "Step", "make_step"]
 
 
 class StepOutput(NamedTuple):
-    """What one gradient step computed on a batch."""
+    """What one gradient step computed on a batch (``targets``: the labels ``logits`` belong to
+    when they are not the whole batch's, e.g. one rank's shard)."""
 
     loss: Any
     grads: dict[str, Any]
     logits: Any
+    targets: Any = None
 
 
 Step = Callable[[Any, Any], StepOutput]
 
 
-def make_step(model: Any, config: TrainConfig, tangents: Any) -> Step:
+def make_step(model: Any, config: TrainConfig, tangents: Any, comm: Any = None) -> Step:
     """The step of ``config.grad`` (backprop, forward, simulated) and ``config.perturb`` (activity,
     weight) for ``model``; forward gradients draw their tangents from ``tangents``: a generator, or
-    the run's :class:`RandomStreams` (whose generator of the current epoch is used)."""
+    the run's :class:`RandomStreams` (keyed tangents, one set per step). With ``config.parallel``
+    ``"tangents"`` or ``"data"`` the step splits the tangents, or the batch, over the ranks of
+    ``comm`` (a :mod:`dualtensor.distributed` communicator); every rank gets the same gradients."""
+    from ..distributed import Serial
+
+    comm = Serial() if comm is None else comm
+    split = config.parallel if config.parallel != "none" and comm.size > 1 else None
     if config.grad == "backprop":
-        return _backprop_step(model)
+        return _sharded(_backprop_step(model, comm if split else None), split, comm)
     from ..fgrad import get_sampler
 
     params = ({"alpha": config.cone_alpha} if config.cone_alpha is not None else
               {"L": config.tangent_length} if config.tangent_length is not None else {})
     sampler = get_sampler(config.tangents, **params)
     factory = _activity_step if config.perturb == "activity" else _weight_step
-    current = (lambda: tangents.tangents) if isinstance(tangents, RandomStreams) else (lambda: tangents)
-    return factory(model, config, sampler, current, simulated=config.grad == "simulated")
+    current = tangents.next_tangents if isinstance(tangents, RandomStreams) else (lambda: tangents)
+    step = factory(model, config, sampler, current, simulated=config.grad == "simulated",
+                   comm=comm if split else None, split=split or "tangents")
+    return _sharded(step, split, comm)
+
+
+def _sharded(step: Callable, split: str | None, comm: Any) -> Step:
+    """``step(x, y, rows)`` on this rank's rows of each batch (data parallelism), else on all of it."""
+    if split != "data":
+        return lambda x, y: step(x, y, None)
+
+    def sharded(x: Any, y: Any) -> StepOutput:
+        lo, hi = comm.split(int(x.shape[0]))
+        out = step(x[lo:hi], y[lo:hi], (lo, hi, int(x.shape[0])))
+        return out._replace(targets=y[lo:hi])
+
+    return sharded
 
 
 def _parameters(model: Any) -> Callable[[], dict]:
@@ -47,7 +70,7 @@ def _parameters(model: Any) -> Callable[[], dict]:
     return lambda: {n: p.data for n, p in params.items()}
 
 
-def _backprop_step(model: Any) -> Step:
+def _backprop_step(model: Any, comm: Any) -> Callable:
     from .. import autodiff
     from ..tensor import primal_of
     from ..nn import functional as F
@@ -61,36 +84,45 @@ def _backprop_step(model: Any) -> Step:
 
     vg = autodiff.value_and_grad(objective, has_aux=True)
 
-    def step(x: Any, y: Any) -> StepOutput:
+    def step(x: Any, y: Any, rows: Any) -> StepOutput:
         (loss, logits), grads = vg(current(), x, y)
-        return StepOutput(primal_of(loss), grads, logits)
+        loss = primal_of(loss)
+        if rows is not None:  # this rank's shard: the weighted sum over the ranks, one flat Allreduce
+            names = sorted(grads)
+            summed = comm.allreduce_many([loss, *(grads[n] for n in names)], (rows[1] - rows[0]) / rows[2])
+            loss, grads = summed[0], dict(zip(names, summed[1:]))
+        return StepOutput(loss, grads, logits)
 
     return step
 
 
-def _activity_step(model: Any, config: TrainConfig, sampler: Any, rng: Any, *, simulated: bool) -> Step:
+def _activity_step(model: Any, config: TrainConfig, sampler: Any, rng: Any, *, simulated: bool, comm: Any,
+                   split: str) -> Callable:
     from ..tensor import primal_of
     from ..fgrad import activity_gradient
     from ..nn import functional as F
 
     blocks = model_blocks(model, config)
 
-    def step(x: Any, y: Any) -> StepOutput:
+    def step(x: Any, y: Any, rows: Any) -> StepOutput:
         seen: dict = {}
 
         def per_sample_loss(logits: Any, target: Any):
             seen["logits"] = logits
             return F.cross_entropy(logits, target, reduction="none")
 
+        keys = rng()
         res = activity_gradient(model, per_sample_loss, x, y, k=config.k, sampler=sampler,
-                                aggregate=config.aggregate, rng=rng(), shared=config.shared_tangents,
-                                simulated=simulated, keep=config.keep, blocks=blocks)
+                                aggregate=config.aggregate, rng=keys if rows is None else keys.rows(*rows),
+                                shared=config.shared_tangents, simulated=simulated, keep=config.keep, blocks=blocks,
+                                comm=comm, split=split)
         return StepOutput(primal_of(res.loss), res.grads, primal_of(seen["logits"]))
 
     return step
 
 
-def _weight_step(model: Any, config: TrainConfig, sampler: Any, rng: Any, *, simulated: bool) -> Step:
+def _weight_step(model: Any, config: TrainConfig, sampler: Any, rng: Any, *, simulated: bool, comm: Any,
+                 split: str) -> Callable:
     from ..tensor import primal_of
     from ..fgrad import forward_gradient, simulated_forward_gradient
     from ..nn import functional as F
@@ -99,7 +131,7 @@ def _weight_step(model: Any, config: TrainConfig, sampler: Any, rng: Any, *, sim
     estimator = simulated_forward_gradient if simulated else forward_gradient
     current = _parameters(model)
 
-    def step(x: Any, y: Any) -> StepOutput:
+    def step(x: Any, y: Any, rows: Any) -> StepOutput:
         seen: dict = {}
 
         def f(P: dict):
@@ -107,8 +139,9 @@ def _weight_step(model: Any, config: TrainConfig, sampler: Any, rng: Any, *, sim
             seen["logits"] = logits
             return F.cross_entropy(logits, y, reduction="mean")
 
+        weight = None if rows is None else (rows[1] - rows[0]) / rows[2]
         loss, grads, _ = estimator(f, current(), config.k, sampler=sampler, aggregate=config.aggregate,
-                                   rng=rng(), shared=config.shared_tangents)
+                                   rng=rng(), shared=config.shared_tangents, comm=comm, split=split, weight=weight)
         return StepOutput(primal_of(loss), grads, primal_of(seen["logits"]))
 
     return step

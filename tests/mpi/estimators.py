@@ -1,0 +1,83 @@
+"""Run under mpiexec -n 2: every split estimator equals the one-process estimator (exit 1 if not)."""
+import sys
+
+import numpy as np
+
+import dualtensor as dt
+from dualtensor import distributed
+from dualtensor.fgrad import activity_gradient, forward_gradient, simulated_forward_gradient
+from dualtensor.fgrad.streams import KeyedTangents
+from dualtensor.nn import functional as F
+from dualtensor.nn import functional_call, models
+
+comm = distributed.init(require=True)
+assert comm.size == 2, comm.size
+dt.backend.set_default_dtype("float64")  # float64: a split may only change the order of sums
+dt.nn.init.manual_seed(0)
+model = models.mlp(20, width=16, depth=2, classes=5)
+x = np.random.default_rng(0).standard_normal((11, 20))
+y = np.random.default_rng(1).integers(0, 5, 11)
+loss = lambda lg, t: F.cross_entropy(lg, t, reduction="none")  # noqa: E731
+P = {n: p.data for n, p in model.named_parameters()}
+lo, hi = comm.split(len(x))
+failures = []
+
+
+def close(name, a, b, tol=1e-10):
+    err = max(float(np.abs(a[n] - b[n]).max()) for n in a) if isinstance(a, dict) else float(np.abs(a - b).max())
+    if not err <= tol:
+        failures.append(f"{name}: {err:.3g}")
+
+
+for k in (3, 4):  # 3: an uneven split
+    for sampler in ("normal", "rademacher", "orthonormal", "cone"):
+        for aggregate in ("projection", "mean"):
+            for shared in (False, True):
+                keys = KeyedTangents(7, k)
+                kw = dict(k=k, rng=keys, sampler=sampler, aggregate=aggregate, shared=shared)
+                one = activity_gradient(model, loss, x, y, **kw)
+                tp = activity_gradient(model, loss, x, y, comm=comm, **kw)
+                dp = activity_gradient(model, loss, x[lo:hi], y[lo:hi], comm=comm, split="data", **kw)
+                tag = f"activity k={k} {sampler} {aggregate} shared={shared}"
+                close(tag + " tangents", one.grads, tp.grads)
+                close(tag + " tangents d", one.d, tp.d)
+                close(tag + " data", one.grads, dp.grads)
+                close(tag + " data loss", one.loss, dp.loss)
+                close(tag + " data d", one.d[:, lo:hi], dp.d)
+    whole = lambda P: F.cross_entropy(functional_call(model, P, x), y)  # noqa: E731
+    shard = lambda P: F.cross_entropy(functional_call(model, P, x[lo:hi]), y[lo:hi])  # noqa: E731
+    for sampler in ("normal", "orthonormal"):
+        keys = KeyedTangents(7, k)
+        one = forward_gradient(whole, P, k, rng=keys, sampler=sampler)
+        tp = forward_gradient(whole, P, k, rng=keys, sampler=sampler, comm=comm)
+        dp = forward_gradient(shard, P, k, rng=keys, sampler=sampler, comm=comm, split="data", weight=(hi - lo) / 11)
+        sim = simulated_forward_gradient(shard, P, k, rng=keys, sampler=sampler, comm=comm, split="data",
+                                         weight=(hi - lo) / 11)
+        close(f"weight k={k} {sampler} tangents", one[1], tp[1])
+        close(f"weight k={k} {sampler} data", one[1], dp[1])
+        close(f"weight k={k} {sampler} simulated data", one[1], sim[1], 1e-8)
+        close(f"weight k={k} {sampler} data loss", one[0], dp[0])
+
+# what moved: tangents mode gathers k x B directional derivatives, weight data mode k + 1 numbers
+before = comm.bytes_sent
+forward_gradient(shard, P, 4, rng=KeyedTangents(0), comm=comm, split="data", weight=(hi - lo) / 11)
+if comm.bytes_sent - before != 5 * 8:
+    failures.append(f"weight data-parallel sent {comm.bytes_sent - before} bytes, expected 5 float64")
+before = comm.bytes_sent
+activity_gradient(model, loss, x, y, k=4, rng=KeyedTangents(0), comm=comm)
+if comm.bytes_sent - before != (comm.split(4)[1] - comm.split(4)[0]) * 11 * 8:  # its (k/P, B) float64
+    failures.append(f"activity tangent-parallel sent {comm.bytes_sent - before} bytes")
+
+try:
+    forward_gradient(whole, P, 4, rng=np.random.default_rng(0), comm=comm)
+    failures.append("a generator rng was accepted over two ranks")
+except ValueError as e:
+    assert "KeyedTangents" in str(e)
+try:
+    activity_gradient(model, loss, x, y, k=1, rng=KeyedTangents(0), comm=comm)
+    failures.append("k=1 was split over two ranks")
+except ValueError as e:
+    assert "need k >= ranks" in str(e)
+
+print(f"rank {comm.rank}: " + ("ok" if not failures else "; ".join(failures)), flush=True)
+sys.exit(1 if failures else 0)
