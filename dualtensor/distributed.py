@@ -103,12 +103,17 @@ class Communicator:
         flat = xp.concatenate([xp.reshape(a, (-1,)).astype(dtype, copy=False) for a in arrays])
         if scale != 1.0:
             flat *= dtype.type(scale)
-        flat = self.allreduce(flat)
+        flat = self.allreduce_inplace(flat)
         out, off = [], 0
         for a in arrays:
             out.append(flat[off:off + a.size].reshape(a.shape).astype(a.dtype, copy=False))
             off += a.size
         return out
+
+    def allreduce_inplace(self, x: Any) -> Any:
+        """:meth:`allreduce` into ``x`` itself when MPI can read and write it (a contiguous host
+        array, or a device one with CUDA-aware MPI); returns the sum."""
+        return self.allreduce(x)
 
     def bcast(self, x: Any, root: int = 0) -> Any:
         """Rank ``root``'s array ``x`` on every rank (the others pass an array of the same shape and
@@ -206,6 +211,15 @@ class MPICommunicator(Communicator):
         self.comm.Allreduce(buf, out, op=self.MPI.SUM)
         self.bytes_sent += buf.nbytes
         return self._back(out, x, staged)
+
+    def allreduce_inplace(self, x: Any) -> Any:
+        buf, staged = self._staged(x)
+        if staged or buf is not x:
+            return self.allreduce(x)
+        self._sync(buf)
+        self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+        self.bytes_sent += buf.nbytes
+        return buf
 
     def bcast(self, x: Any, root: int = 0) -> Any:
         buf, staged = self._staged(x)

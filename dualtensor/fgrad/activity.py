@@ -197,6 +197,19 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
     Returns an :class:`ActivityResult`; ``grads`` is keyed by parameter
     name (every parameter of the blocks; a parameter used by several blocks gets the sum).
     """
+    res, weight = _estimate(model, loss_fn, x, y, k, sampler, aggregate, rng, shared, scale, simulated, keep, blocks,
+                            tangents, return_estimate, comm, split)
+    if split == "data" and comm is not None and comm.size > 1:  # after the step's temporaries are gone
+        names = sorted(res.grads)
+        summed = comm.allreduce_many([res.loss, *(res.grads[n] for n in names)], weight)
+        res.loss, res.grads = summed[0], dict(zip(names, summed[1:]))
+    return res
+
+
+def _estimate(model: Any, loss_fn: Callable, x: Any, y: Any, k: int | None, sampler: Any, aggregate: Any, rng: Any,
+              shared: bool, scale: bool, simulated: bool, keep: str, blocks: Sequence[Any] | None, tangents: Any,
+              return_estimate: bool, comm: Any, split: str) -> tuple[ActivityResult, float]:
+    """This rank's estimate and its weight in the sum over the ranks (its share of the batch)."""
     if keep not in ("tape", "recompute"):
         raise ValueError(f"activity_gradient: keep must be 'tape' or 'recompute', got {keep!r}")
     blocks = list(model.blocks() if blocks is None else blocks)
@@ -338,13 +351,10 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
                 _restore(block, now)
             for (n, p), g in zip(params, fn(c.astype(out_value.dtype, copy=False))):
                 add(names.get(id(p), n), g)
-    if split == "data" and comm is not None and comm.size > 1:
-        first, end, total = rng.row_range
-        names_ = sorted(grads)
-        summed = comm.allreduce_many([loss, *(grads[n] for n in names_)], (end - first) / total)
-        loss, grads = summed[0], dict(zip(names_, summed[1:]))
+    first, end, total = rng.row_range if split == "data" and isinstance(rng, KeyedTangents) and rng.row_range \
+        else (0, B, B)
     return ActivityResult(loss, grads, d, sizes, est if return_estimate else None,
-                          V if return_estimate else None)
+                          V if return_estimate else None), (end - first) / total
 
 
 def _all_tangents(sampler: Any, k: int, rng: Any, xp: Any, B: int, shared: bool, own: tuple[int, int], V_own: Any,
