@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import Checkpoint, checkpoint_arrays, write_npz
+from ..distributed import agreed, bind_device, reduce_stats
 from ..metrics import clean_json
 from .build import RandomStreams, build_model, build_optimizer, build_schedule, model_blocks
 from .callbacks import (Callback, Checkpointer, EarlyStopping, EpochLog, Every, FiniteCheck, MetricsWriter, Plotter,
                         ProgressBar, ReplicaCheck)
 from .config import ConfigError, TrainConfig
 from .errors import TrainingDiverged
-from ..distributed import agreed, bind_device, reduce_stats
 from .loop import evaluate, train_epoch
 from .resume import initialise_from, restore, resume_checkpoint
 from .rundir import RunDir
