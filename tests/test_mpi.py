@@ -45,10 +45,11 @@ def curves(out):
     return np.array([[float(r[c]) for c in ("train_loss", "train_acc", "val_loss", "val_acc")] for r in rows]), summary
 
 
-def test_split_estimators_equal_one_process_ones():
-    p = launch(2, str(HERE / "mpi" / "estimators.py"))
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_split_estimators_equal_one_process_ones(ranks):
+    p = launch(ranks, str(HERE / "mpi" / "estimators.py"))
     assert p.returncode == 0, p.stdout + p.stderr
-    assert p.stdout.count(": ok") == 2
+    assert p.stdout.count(": ok") == ranks
 
 
 @pytest.mark.parametrize("mode, extra", [

@@ -27,11 +27,11 @@ from ..autodiff import backward, vjp
 from ..backend import generator_state, get_xp, set_generator_state
 from ..nn.models.blocked import probe_blocks
 from ..tensor import DualTensor, Traced, Zero
-from .aggregators import get_aggregator
+from .aggregators import _cholesky_solve, _combine, chi_mean_ratio, cond_limit, get_aggregator, projection
 from .samplers import as_generator, get_sampler, is_iid, validate_tangents
 from .streams import KeyedTangents
 
-__all__ = ["ActivityResult", "activity_gradient", "exact_activation_gradients", "activation_sizes",
+__all__ = ["ActivityResult", "activity_gradient", "block_split", "exact_activation_gradients", "activation_sizes",
            "activity_tangents", "draws_per_block"]
 
 def draws_per_block(sampler: Any) -> bool:
@@ -292,8 +292,7 @@ def _estimate(model: Any, loss_fn: Callable, x: Any, y: Any, k: int | None, samp
     loss = (per_sample.value if simulated else per_sample.primal).mean()  # stays on the device
     if V is None:
         V = V_parts[0] if len(V_parts) == 1 else xp.concatenate(V_parts, axis=-1)
-    if own is not None:  # every rank aggregates all k tangents: regenerate the other ranks' ones
-        V = tangents if tangents is not None else _all_tangents(sampler, k, rng, xp, B, shared, own, V, sizes)
+    est = None
     if simulated:  # exact gradients of the summed per-sample losses w.r.t. every block output:
         # backprop block by block (block i's input is the tape leaf holding block i-1's output)
         def grad_of(got: dict, leaf: Any) -> Any:
@@ -310,8 +309,14 @@ def _estimate(model: Any, loss_fn: Callable, x: Any, y: Any, k: int | None, samp
     else:
         d = per_sample.tangent_array()
         if own is not None:
-            d = comm.allgather(d)  # (k, B): the only numbers the ranks exchange
-    est = agg(d, V)  # (B, n): per-sample dl_b/da estimate
+            d = comm.allgather(d)  # (k, B): every rank's directional derivatives
+            if tangents is None and not shared and is_iid(sampler) and \
+                    aggregate in ("projection", projection):
+                est = _assembled_projection(d, V, sizes, own, rng, sampler, k, comm, scale)
+            if est is None or return_estimate:  # aggregate all k tangents: regenerate the other ranks' ones
+                V = tangents if tangents is not None else _all_tangents(sampler, k, rng, xp, B, shared, own, V, sizes)
+    if est is None:
+        est = agg(d, V)  # (B, n): per-sample dl_b/da estimate
     cot = est * (1.0 / B)  # the objective is the batch mean
 
     grads: dict[str, Any] = {}
@@ -357,19 +362,62 @@ def _estimate(model: Any, loss_fn: Callable, x: Any, y: Any, k: int | None, samp
                           V if return_estimate else None), (end - first) / total
 
 
+def block_split(sizes: Sequence[int], parts: int) -> list[tuple[int, int]]:
+    """Contiguous runs of blocks ``(first, end)``, one per part, of about equal total size (cut at
+    the block boundary nearest each multiple of total/parts; a part may get no block)."""
+    offsets = np.cumsum([0, *sizes])
+    cuts = [0, *(int(np.argmin(np.abs(offsets - offsets[-1] * r / parts))) for r in range(1, parts)), len(sizes)]
+    cuts = np.maximum.accumulate(cuts).tolist()
+    return [(cuts[r], cuts[r + 1]) for r in range(parts)]
+
+
+def _assembled_projection(d: Any, V_own: Any, sizes: list, own: tuple[int, int], rng: Any, sampler: Any, k: int,
+                          comm: Any, scale: bool) -> Any:
+    """The per-sample projection estimate (B, n) over ``comm`` without any rank drawing all k
+    tangents on all n coordinates: each rank draws all k on its blocks (:func:`block_split`), the
+    partial Gram matrices are summed (one Allreduce of B·k² numbers), every rank solves the same
+    k×k systems, forms the estimate on its blocks and one Allgather of B·n numbers joins them.
+    None when a Gram matrix is ill-conditioned (every rank sees the same sums and falls back alike)."""
+    xp, dtype, B, n = get_xp(V_own), V_own.dtype, V_own.shape[1], sum(sizes)
+    if k > n:
+        return None
+    first, end = block_split(sizes, comm.size)[comm.rank]
+    offsets = np.cumsum([0, *sizes])
+    lo, hi = own
+    before = _tangent_draw(sampler, k, rng, xp, B, False, (0, lo))
+    after = _tangent_draw(sampler, k, rng, xp, B, False, (hi, k))
+    Vm = xp.empty((k, B, int(offsets[end] - offsets[first])), dtype=dtype)  # all k tangents on my blocks
+    for i in range(first, end):
+        a, b = offsets[i] - offsets[first], offsets[i + 1] - offsets[first]
+        Vm[:lo, :, a:b] = before.part(i, sizes[i], dtype)
+        Vm[lo:hi, :, a:b] = V_own[:, :, offsets[i]:offsets[i + 1]]
+        Vm[hi:, :, a:b] = after.part(i, sizes[i], dtype)
+    Vb = Vm.transpose(1, 0, 2)  # (B, k, n_mine)
+    G = comm.allreduce(xp.ascontiguousarray(xp.matmul(Vb, Vb.transpose(0, 2, 1))))
+    c, cond = _cholesky_solve(G.astype(np.float64), d.astype(np.float64).T, xp)
+    if not bool((cond <= cond_limit(dtype)).all()):
+        return None
+    g = _combine(c.T.astype(dtype), Vm, xp)  # (B, n_mine)
+    if scale and k < n:
+        g *= dtype.type(chi_mean_ratio(n, k))
+    return comm.allgather(xp.ascontiguousarray(g.T)).T
+
+
 def _all_tangents(sampler: Any, k: int, rng: Any, xp: Any, B: int, shared: bool, own: tuple[int, int], V_own: Any,
                   sizes: list) -> Any:
     """All k tangents (k, B, n) around this rank's ``V_own`` (tangents ``own``), the others drawn again."""
     dtype = V_own.dtype
     if not is_iid(sampler):
         return _tangent_draw(sampler, k, rng, xp, B, shared).whole(sum(sizes), dtype)
-    first = _tangent_draw(sampler, k, rng, xp, B, shared, (0, own[0]))
-    rest = _tangent_draw(sampler, k, rng, xp, B, shared, (own[1], k))
-    rows = slice(0, 1) if shared else slice(None)  # shared: keep one row, broadcast at the end
-    parts, off = [], 0
-    for n_i in sizes:
-        parts.append(xp.concatenate([first(n_i, dtype)[:, rows], V_own[:, rows, off:off + n_i],
-                                     rest(n_i, dtype)[:, rows]]))
+    lo, hi = own
+    before = _tangent_draw(sampler, k, rng, xp, B, shared, (0, lo))
+    after = _tangent_draw(sampler, k, rng, xp, B, shared, (hi, k))
+    rows = 1 if shared else B  # shared: one row, broadcast at the end
+    V = xp.empty((k, rows, sum(sizes)), dtype=dtype)
+    off = 0
+    for i, n_i in enumerate(sizes):
+        V[:lo, :, off:off + n_i] = before.part(i, n_i, dtype)[:, :rows]
+        V[lo:hi, :, off:off + n_i] = V_own[:, :rows, off:off + n_i]
+        V[hi:, :, off:off + n_i] = after.part(i, n_i, dtype)[:, :rows]
         off += n_i
-    V = parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=-1)
     return xp.broadcast_to(V, (k, B, V.shape[-1])) if shared else V

@@ -194,12 +194,16 @@ class BlockDraw:
 
     def __call__(self, n: int, dtype: Any) -> Any:
         """The next block's ``(len(sel), batch, n)`` tangents."""
-        keys, part = self.keys, self.block + 1
         self.block += 1
+        return self.part(self.block - 1, n, dtype)
+
+    def part(self, block: int, n: int, dtype: Any) -> Any:
+        """Block ``block``'s ``(len(sel), batch, n)`` tangents (any block, in any order)."""
+        keys = self.keys
         rows, first = (1, 0) if self.shared else (self.batch, self.first)
         out = self.xp.empty((len(self.sel), rows, n), dtype=dtype)
         for i, j in enumerate(self.sel):
-            keyed_entries(self.sampler, stream_key(keys.seed, keys.step, j, part), first * n, rows * n, dtype,
+            keyed_entries(self.sampler, stream_key(keys.seed, keys.step, j, block + 1), first * n, rows * n, dtype,
                           self.xp, out=out[i].reshape(-1))
         return self.xp.broadcast_to(out, (len(self.sel), self.batch, n)) if self.shared else out
 

@@ -1,4 +1,4 @@
-"""Run under mpiexec -n 2: every split estimator equals the one-process estimator (exit 1 if not)."""
+"""Run under mpiexec -n P (P = 2 or 3): every split estimator equals the one-process estimator (exit 1 if not)."""
 import sys
 
 import numpy as np
@@ -6,12 +6,13 @@ import numpy as np
 import dualtensor as dt
 from dualtensor import distributed
 from dualtensor.fgrad import activity_gradient, forward_gradient, simulated_forward_gradient
+from dualtensor.fgrad.activity import block_split
 from dualtensor.fgrad.streams import KeyedTangents
 from dualtensor.nn import functional as F
 from dualtensor.nn import functional_call, models
 
 comm = distributed.init(require=True)
-assert comm.size == 2, comm.size
+assert comm.size in (2, 3), comm.size
 dt.backend.set_default_dtype("float64")  # float64: a split may only change the order of sums
 dt.nn.init.manual_seed(0)
 model = models.mlp(20, width=16, depth=2, classes=5)
@@ -63,10 +64,18 @@ before = comm.bytes_sent
 forward_gradient(shard, P, 4, rng=KeyedTangents(0), comm=comm, split="data", weight=(hi - lo) / 11)
 if comm.bytes_sent - before != 5 * 8:
     failures.append(f"weight data-parallel sent {comm.bytes_sent - before} bytes, expected 5 float64")
+mine = (comm.split(4)[1] - comm.split(4)[0]) * 11 * 8  # this rank's (k/P, B) directional derivatives, float64
 before = comm.bytes_sent
-activity_gradient(model, loss, x, y, k=4, rng=KeyedTangents(0), comm=comm)
-if comm.bytes_sent - before != (comm.split(4)[1] - comm.split(4)[0]) * 11 * 8:  # its (k/P, B) float64
-    failures.append(f"activity tangent-parallel sent {comm.bytes_sent - before} bytes")
+activity_gradient(model, loss, x, y, k=4, rng=KeyedTangents(0), comm=comm, aggregate="mean")  # regenerates
+if comm.bytes_sent - before != mine:
+    failures.append(f"activity tangent-parallel (mean) sent {comm.bytes_sent - before} bytes, expected {mine}")
+first, end = block_split([16, 16, 5], comm.size)[comm.rank]
+gram, estimate = 11 * 4 * 4 * 8, sum([16, 16, 5][first:end]) * 11 * 8  # (B, k, k) Gram, (B, n on my blocks)
+before = comm.bytes_sent
+activity_gradient(model, loss, x, y, k=4, rng=KeyedTangents(0), comm=comm)  # projection: assembled
+if comm.bytes_sent - before != mine + gram + estimate:
+    failures.append(f"activity tangent-parallel (projection) sent {comm.bytes_sent - before} bytes, "
+                    f"expected {mine + gram + estimate}")
 
 try:
     forward_gradient(whole, P, 4, rng=np.random.default_rng(0), comm=comm)
