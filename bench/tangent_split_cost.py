@@ -8,12 +8,13 @@ For the MLP 784-1024-1024-10 at batch 64 with activity perturbation (per-sample 
 projection), a rank that carries k/P tangents through its forward pass still needs, for the
 per-sample k×k Gram matrices, the products of ALL k tangents on common coordinates. Two ways:
 
-* **regenerate** (what dualtensor does): draw the other ranks' tangents again from the keyed stream
-  (k - k/P tangents on all n coordinates) and aggregate locally; nothing moves but the k×B
-  directional derivatives.
-* **assemble**: split the n coordinates (whole blocks) over the ranks; each draws all k tangents on
-  its coordinates ((k - k/P) · n/P new numbers), computes a partial Gram, one Allreduce of B·k² numbers,
-  solves, forms its part of the estimate and an Allgather of B·n numbers gives every rank the whole
+* **regenerate** (dualtensor's way for the other aggregators): draw the other ranks' tangents again
+  from the keyed stream (k - k/P tangents on all n coordinates) and aggregate locally; nothing moves
+  but the k×B directional derivatives.
+* **assemble** (dualtensor's way for projection, chosen by this measurement): split the n
+  coordinates (whole blocks) over the ranks; each draws all k tangents on its coordinates
+  ((k - k/P) · n/P new numbers), computes a partial Gram, one Allreduce of B·k² numbers, solves,
+  forms its part of the estimate and an Allgather of B·n numbers gives every rank the whole
   estimate for its block VJPs.
 
 The script times each piece (min of repeats, both ranks busy at once) and prints both totals.
