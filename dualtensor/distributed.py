@@ -4,13 +4,15 @@
 process was started by ``mpiexec``/``srun``; a one-process :class:`Serial` communicator otherwise),
 so the same code runs on a laptop and on a cluster. Arrays travel as typed buffers (never pickled).
 CuPy arrays are staged through host memory unless the MPI library reports CUDA support
-(``MPIX_Query_cuda_support``), in which case device buffers are passed to MPI directly.
+(``MPIX_Query_cuda_support``, or ``DUALTENSOR_MPI_CUDA_AWARE=1``), in which case device buffers are
+passed to MPI directly.
 
 Tangent parallelism (``split="tangents"`` in :func:`~dualtensor.fgrad.forward_gradient` and
 :func:`~dualtensor.fgrad.activity_gradient`): each rank carries its share of the k tangents
 through its own forward pass (the primal is recomputed on every rank), the directional
-derivatives are gathered, and every rank regenerates all tangents from the step's keyed stream
-(:class:`~dualtensor.fgrad.streams.KeyedTangents`) to aggregate: nothing but k×B numbers moves.
+derivatives are gathered, and every rank computes the same estimate from tangents it draws
+itself from the step's keyed stream (:class:`~dualtensor.fgrad.streams.KeyedTangents`). Data
+parallelism (``split="data"``): each rank takes its shard of the batch, one Allreduce sums.
 """
 from __future__ import annotations
 
@@ -150,6 +152,11 @@ class Serial(Communicator):
 
 
 def _cuda_aware(MPI: Any) -> bool:
+    """Whether MPI takes device buffers: ``DUALTENSOR_MPI_CUDA_AWARE=1``/``0`` decides, else the MPI's own
+    answer where mpi4py exposes one (``MPIX_Query_cuda_support``), else no."""
+    forced = os.environ.get("DUALTENSOR_MPI_CUDA_AWARE")
+    if forced in ("0", "1"):
+        return forced == "1"
     query = getattr(MPI, "Query_cuda_support", None)
     try:
         return bool(query()) if query is not None else False

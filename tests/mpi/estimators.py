@@ -1,5 +1,6 @@
 """Run under mpiexec -n P (P = 2 or 3): every split estimator equals the one-process estimator (exit 1 if not)."""
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -87,6 +88,23 @@ try:
     failures.append("k=1 was split over two ranks")
 except ValueError as e:
     assert "need k >= ranks" in str(e)
+
+# CuPy arrays (the stand-in where there is no GPU) travel through host buffers and come back on the device
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not dt.backend.gpu_available():
+    import cupy_standin
+
+    cupy_standin.install()
+import cupy  # noqa: E402
+
+a = cupy.asarray(np.arange(3.0) + comm.rank)
+gathered, summed = comm.allgather(a[None]), comm.allreduce(a)
+if not (dt.backend.is_cupy(gathered) and dt.backend.is_cupy(summed)):
+    failures.append("CuPy arrays came back as host arrays")
+elif dt.backend.to_host(summed).tolist() != (np.arange(3.0) * comm.size + sum(range(comm.size))).tolist():
+    failures.append(f"CuPy allreduce gave {dt.backend.to_host(summed)}")
+elif dt.backend.to_host(gathered).shape != (comm.size, 3):
+    failures.append(f"CuPy allgather gave shape {gathered.shape}")
 
 print(f"rank {comm.rank}: " + ("ok" if not failures else "; ".join(failures)), flush=True)
 sys.exit(1 if failures else 0)
