@@ -1,21 +1,20 @@
-"""What a tangent-parallel rank pays to aggregate: regenerate every tangent, or assemble the Gram matrix.
+"""What a tangent-parallel rank pays to aggregate: regenerate every tangent, or split the samples.
 
 Run under MPI with two ranks (one BLAS thread each)::
 
     mpiexec -n 2 python bench/tangent_split_cost.py    # writes bench/results/tangent_split_cost.md
 
 For the MLP 784-1024-1024-10 at batch 64 with activity perturbation (per-sample tangents, k = 16,
-projection), a rank that carries k/P tangents through its forward pass still needs, for the
-per-sample k×k Gram matrices, the products of ALL k tangents on common coordinates. Two ways:
+projection), a rank that carries k/P tangents through its forward pass still needs ALL k tangents
+of a sample to aggregate it (the per-sample k×k Gram matrix). Two ways:
 
 * **regenerate** (dualtensor's way for the other aggregators): draw the other ranks' tangents again
   from the keyed stream (k - k/P tangents on all n coordinates) and aggregate locally; nothing moves
   but the k×B directional derivatives.
-* **assemble** (dualtensor's way for projection, chosen by this measurement): split the n
-  coordinates (whole blocks) over the ranks; each draws all k tangents on its coordinates
-  ((k - k/P) · n/P new numbers), computes a partial Gram, one Allreduce of B·k² numbers, solves,
-  forms its part of the estimate and an Allgather of B·n numbers gives every rank the whole
-  estimate for its block VJPs.
+* **split the samples** (dualtensor's way for its own aggregators, chosen by this measurement):
+  each rank draws the other tangents for its B/P samples only ((k - k/P) · B/P · n numbers: the keyed
+  stream gives any rows), aggregates those samples, and one Allgather of the B·n estimate gives
+  every rank the whole estimate for its block VJPs.
 
 The script times each piece (min of repeats, both ranks busy at once) and prints both totals.
 """
@@ -70,38 +69,38 @@ def main() -> None:
         return [dr(m, np.float32) for m in sizes]
 
     V = np.concatenate(draw(None, SIZES), axis=-1)
-    mine = SIZES[:1] if comm.rank == 0 else SIZES[1:]  # blocks split over 2 ranks: 1024 | 1034
-    Vm = V[:, :, :sum(mine)]
-    Vb = Vm.transpose(1, 0, 2)  # (B, k, n/P)
-    G = Vb @ Vb.transpose(0, 2, 1)
-    est = np.empty((B, sum(mine)), np.float32)
+    first, end = comm.split(B)
+    mine = keys.rows(first, end, B)
+    others = (hi, K) if lo == 0 else (0, lo)
+    Vr, dr = np.ascontiguousarray(V[:, first:end]), np.ascontiguousarray(d[:, first:end])
+    est = agg(dr, Vr)
+
+    def draw_rows():
+        dr_ = mine.activity("normal", K, end - first, tangents=others)
+        return [dr_(m, np.float32) for m in SIZES]
+
     rows = {
         "draw this rank's k/P tangents (the forward pass needs them either way)": best(lambda: draw((lo, hi), SIZES),
                                                                                        comm, args.repeats),
-        "regenerate: draw the other (k - k/P) tangents, all n": best(lambda: draw((hi, K) if lo == 0 else (0, lo), SIZES),
-                                                                     comm, args.repeats),
-        "regenerate: projection over all n (Gram, solve, estimate)": best(lambda: agg(d, V), comm, args.repeats),
-        "assemble: draw the other tangents on this rank's n/P": best(
-            lambda: draw((hi, K) if lo == 0 else (0, lo), mine), comm, args.repeats),
-        "assemble: partial Gram over n/P (batched GEMM)": best(lambda: Vb @ Vb.transpose(0, 2, 1), comm,
-                                                                args.repeats),
-        "assemble: Allreduce of the B·k² Gram (float32)": best(lambda: comm.allreduce(G), comm, args.repeats),
-        "assemble: estimate on n/P (V^T c)": best(lambda: (d.T[:, None, :] @ Vb)[:, 0], comm, args.repeats),
-        "assemble: Allgather of the B·n estimate (float32)": best(lambda: comm.allgather(est.T.copy()), comm,
-                                                                 args.repeats),
+        "regenerate: draw the other (k - k/P) tangents, all B samples": best(lambda: draw(others, SIZES), comm,
+                                                                             args.repeats),
+        "regenerate: projection of all B samples": best(lambda: agg(d, V), comm, args.repeats),
+        "split: draw the other tangents for this rank's B/P samples": best(draw_rows, comm, args.repeats),
+        "split: projection of this rank's B/P samples": best(lambda: agg(dr, Vr), comm, args.repeats),
+        "split: Allgather of the B·n estimate (float32)": best(lambda: comm.allgather(est), comm, args.repeats),
     }
     regen = sum(v for k, v in rows.items() if k.startswith("regenerate"))
-    assemble = sum(v for k, v in rows.items() if k.startswith("assemble"))
+    split = sum(v for k, v in rows.items() if k.startswith("split"))
     if comm.is_root:
-        lines = [f"# Tangent-parallel aggregation: regenerate or assemble (`mpiexec -n {P} python "
+        lines = [f"# Tangent-parallel aggregation: regenerate or split the samples (`mpiexec -n {P} python "
                  "bench/tangent_split_cost.py`)", "",
                  f"MLP 784-1024-1024-10, batch {B}, activity perturbation, k = {K}, projection, float32, {P} ranks, "
                  f"1 BLAS thread each; min of {args.repeats} repeats, mean over ranks (ms).", "",
                  "| piece | ms |", "|---|---:|"]
         lines += [f"| {k} | {v:.2f} |" for k, v in rows.items()]
         lines += ["", f"regenerate: {regen:.2f} ms per step, {K * B * 4} bytes gathered (the k×B directional "
-                  f"derivatives); assemble: {assemble:.2f} ms per step, plus {B * K * K * 4} bytes allreduced and "
-                  f"{B * n * 4} gathered (the estimate: activation-sized traffic every step)."]
+                  f"derivatives); split: {split:.2f} ms per step, plus {B * n * 4} bytes gathered (the estimate: "
+                  "activation-sized traffic every step)."]
         text = "\n".join(lines) + "\n"
         atomic_write_text(args.out, text)
         print(text)

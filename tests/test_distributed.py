@@ -119,21 +119,3 @@ def test_the_training_config_checks_what_a_split_needs():
         base.replace(ranks=2).validate()
     with pytest.raises(ConfigError, match="invalid choice 'rows'"):
         base.replace(parallel="rows").validate()
-
-
-@given(sizes=st.lists(st.integers(1, 50), min_size=1, max_size=8), parts=st.integers(1, 10))
-def test_block_split_gives_contiguous_runs_near_equal_shares(sizes, parts):
-    from dualtensor.fgrad.activity import block_split
-
-    runs = block_split(sizes, parts)
-    assert len(runs) == parts and runs[0][0] == 0 and runs[-1][1] == len(sizes)
-    assert all(a[1] == b[0] and a[0] <= a[1] for a, b in zip(runs, runs[1:]))
-    for first, end in runs:  # each cut is within half a block of its ideal place
-        assert sum(sizes[first:end]) <= sum(sizes) / parts + max(sizes)
-
-
-def test_block_split_of_the_mlp_blocks():
-    from dualtensor.fgrad.activity import block_split
-
-    assert block_split([1024, 1024, 10], 2) == [(0, 1), (1, 3)]
-    assert block_split([5], 3) == [(0, 0), (0, 1), (1, 1)]

@@ -27,11 +27,12 @@ from ..autodiff import backward, vjp
 from ..backend import generator_state, get_xp, set_generator_state
 from ..nn.models.blocked import probe_blocks
 from ..tensor import DualTensor, Traced, Zero
-from .aggregators import _cholesky_solve, _combine, chi_mean_ratio, cond_limit, get_aggregator, projection
+from . import aggregators
+from .aggregators import AGGREGATORS, get_aggregator
 from .samplers import as_generator, get_sampler, is_iid, validate_tangents
 from .streams import KeyedTangents
 
-__all__ = ["ActivityResult", "activity_gradient", "block_split", "exact_activation_gradients", "activation_sizes",
+__all__ = ["ActivityResult", "activity_gradient", "exact_activation_gradients", "activation_sizes",
            "activity_tangents", "draws_per_block"]
 
 def draws_per_block(sampler: Any) -> bool:
@@ -62,6 +63,16 @@ def _tangent_draw(sampler: Any, k: int, rng: Any, xp: Any, batch: int, shared: b
     if isinstance(rng, KeyedTangents):
         return rng.activity(sampler, k, batch, shared=shared, xp=xp, tangents=own)
     return _TangentDraw(sampler, k, as_generator(rng, xp), xp, batch, shared)
+
+
+_PER_SAMPLE = (aggregators.single, aggregators.sum, aggregators.mean, aggregators.normalized, aggregators.projection)
+
+
+def _per_sample(aggregate: Any) -> bool:
+    """True for the library's own aggregators, whose per-sample estimates depend on that sample's
+    directional derivatives and tangents only (a user's may couple the samples)."""
+    fn = AGGREGATORS.get(aggregate) if isinstance(aggregate, str) else aggregate
+    return any(fn is f for f in _PER_SAMPLE)
 
 
 def _split_plan(comm: Any, split: str, k: int, rng: Any, B: int, simulated: bool) -> tuple[Any, Any]:
@@ -310,9 +321,8 @@ def _estimate(model: Any, loss_fn: Callable, x: Any, y: Any, k: int | None, samp
         d = per_sample.tangent_array()
         if own is not None:
             d = comm.allgather(d)  # (k, B): every rank's directional derivatives
-            if tangents is None and not shared and is_iid(sampler) and \
-                    aggregate in ("projection", projection):
-                est = _assembled_projection(d, V, sizes, own, rng, sampler, k, comm, scale)
+            if tangents is None and not shared and is_iid(sampler) and _per_sample(aggregate):
+                est = _rows_estimate(agg, d, V, sizes, own, rng, sampler, k, comm)
             if est is None or return_estimate:  # aggregate all k tangents: regenerate the other ranks' ones
                 V = tangents if tangents is not None else _all_tangents(sampler, k, rng, xp, B, shared, own, V, sizes)
     if est is None:
@@ -362,45 +372,25 @@ def _estimate(model: Any, loss_fn: Callable, x: Any, y: Any, k: int | None, samp
                           V if return_estimate else None), (end - first) / total
 
 
-def block_split(sizes: Sequence[int], parts: int) -> list[tuple[int, int]]:
-    """Contiguous runs of blocks ``(first, end)``, one per part, of about equal total size (cut at
-    the block boundary nearest each multiple of total/parts; a part may get no block)."""
-    offsets = np.cumsum([0, *sizes])
-    cuts = [0, *(int(np.argmin(np.abs(offsets - offsets[-1] * r / parts))) for r in range(1, parts)), len(sizes)]
-    cuts = np.maximum.accumulate(cuts).tolist()
-    return [(cuts[r], cuts[r + 1]) for r in range(parts)]
-
-
-def _assembled_projection(d: Any, V_own: Any, sizes: list, own: tuple[int, int], rng: Any, sampler: Any, k: int,
-                          comm: Any, scale: bool) -> Any:
-    """The per-sample projection estimate (B, n) over ``comm`` without any rank drawing all k
-    tangents on all n coordinates: each rank draws all k on its blocks (:func:`block_split`), the
-    partial Gram matrices are summed (one Allreduce of B·k² numbers), every rank solves the same
-    k×k systems, forms the estimate on its blocks and one Allgather of B·n numbers joins them.
-    None when a Gram matrix is ill-conditioned (every rank sees the same sums and falls back alike)."""
-    xp, dtype, B, n = get_xp(V_own), V_own.dtype, V_own.shape[1], sum(sizes)
-    if k > n:
-        return None
-    first, end = block_split(sizes, comm.size)[comm.rank]
-    offsets = np.cumsum([0, *sizes])
+def _rows_estimate(agg: Any, d: Any, V_own: Any, sizes: list, own: tuple[int, int], rng: Any, sampler: Any, k: int,
+                   comm: Any) -> Any:
+    """The per-sample estimate (B, n) over ``comm`` with the aggregation split by samples: each rank
+    draws the other ranks' tangents for its own rows only (the keyed stream gives any rows), aggregates
+    its B/P samples with all k tangents, and one Allgather of the B·n estimate joins the rows."""
+    xp, dtype, B = get_xp(V_own), V_own.dtype, V_own.shape[1]
+    first, end = comm.split(B)
+    mine = rng.rows(first, end, B)
     lo, hi = own
-    before = _tangent_draw(sampler, k, rng, xp, B, False, (0, lo))
-    after = _tangent_draw(sampler, k, rng, xp, B, False, (hi, k))
-    Vm = xp.empty((k, B, int(offsets[end] - offsets[first])), dtype=dtype)  # all k tangents on my blocks
-    for i in range(first, end):
-        a, b = offsets[i] - offsets[first], offsets[i + 1] - offsets[first]
-        Vm[:lo, :, a:b] = before.part(i, sizes[i], dtype)
-        Vm[lo:hi, :, a:b] = V_own[:, :, offsets[i]:offsets[i + 1]]
-        Vm[hi:, :, a:b] = after.part(i, sizes[i], dtype)
-    Vb = Vm.transpose(1, 0, 2)  # (B, k, n_mine)
-    G = comm.allreduce(xp.ascontiguousarray(xp.matmul(Vb, Vb.transpose(0, 2, 1))))
-    c, cond = _cholesky_solve(G.astype(np.float64), d.astype(np.float64).T, xp)
-    if not bool((cond <= cond_limit(dtype)).all()):
-        return None
-    g = _combine(c.T.astype(dtype), Vm, xp)  # (B, n_mine)
-    if scale and k < n:
-        g *= dtype.type(chi_mean_ratio(n, k))
-    return comm.allgather(xp.ascontiguousarray(g.T)).T
+    before = _tangent_draw(sampler, k, mine, xp, end - first, False, (0, lo))
+    after = _tangent_draw(sampler, k, mine, xp, end - first, False, (hi, k))
+    V = xp.empty((k, end - first, sum(sizes)), dtype=dtype)  # all k tangents of my samples
+    off = 0
+    for i, n_i in enumerate(sizes):
+        V[:lo, :, off:off + n_i] = before.part(i, n_i, dtype)
+        V[lo:hi, :, off:off + n_i] = V_own[:, first:end, off:off + n_i]
+        V[hi:, :, off:off + n_i] = after.part(i, n_i, dtype)
+        off += n_i
+    return comm.allgather(xp.ascontiguousarray(agg(d[:, first:end], V)))
 
 
 def _all_tangents(sampler: Any, k: int, rng: Any, xp: Any, B: int, shared: bool, own: tuple[int, int], V_own: Any,
