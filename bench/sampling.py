@@ -49,6 +49,30 @@ def measure(name: str, params: dict, k: int, n: int, dtype: np.dtype, repeats: i
             "repeats": repeats}
 
 
+def measure_keyed(name: str, k: int, n: int, dtype: np.dtype, repeats: int, batch: int | None = None) -> dict:
+    """The same for the keyed tangents training draws (:class:`~dualtensor.fgrad.streams.KeyedTangents`,
+    a new step each repeat): a weight tangent (k, n), or one activity block (k, batch, n)."""
+    from dualtensor.fgrad.streams import KeyedTangents
+
+    def draw(step: int) -> None:
+        keys = KeyedTangents(0, step)
+        if batch is None:
+            keys.weight(name, k, n, dtype=dtype)
+        else:
+            keys.activity(name, k, batch)(n, dtype)
+
+    draw(0)
+    times = []
+    for step in range(1, repeats + 1):
+        t0 = time.perf_counter()
+        draw(step)
+        times.append(time.perf_counter() - t0)
+    t = np.array(times) / (k * n * (batch or 1)) * 1e9
+    return {"sampler": f"{name} (keyed)", "dtype": np.dtype(dtype).name, "k": k, "n": n, "batch": batch,
+            "shared": False, "ns_per_number": float(np.median(t)), "ns_min": float(t.min()),
+            "ns_max": float(t.max()), "repeats": repeats}
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=None, help="BLAS threads (default: the library's own)")
@@ -68,6 +92,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append(measure(name, params, a.k, n, dtype, a.repeats))
     rows.append(measure("normal", {}, a.k, max(a.n // 64, 1), np.float32, a.repeats, batch=64))
     rows.append(measure("rademacher", {}, a.k, max(a.n // 64, 1), np.float32, a.repeats, batch=64))
+    for name in ("normal", "rademacher"):
+        for dtype in (np.float32, np.float64):
+            rows.append(measure_keyed(name, a.k, a.n, dtype, a.repeats))
+        rows.append(measure_keyed(name, a.k, max(a.n // 64, 1), np.float32, a.repeats, batch=64))
     print(f"Tangent sampling, numpy {np.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, BLAS threads: {_blas_threads()}\n")
     print("| sampler | dtype | k | n | batch | ns/number (median) | min | max |")

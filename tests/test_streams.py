@@ -19,18 +19,18 @@ CHUNK = 8192
 @given(start=st.integers(0, 3 * CHUNK), count=st.integers(0, 2 * CHUNK),
        sampler=st.sampled_from(["normal", "rademacher"]), dtype=st.sampled_from([np.float32, np.float64]))
 def test_any_range_of_a_stream_is_that_slice_of_the_whole(start, count, sampler, dtype):
-    key = stream_key(3, 1, 2, 0)
-    whole = keyed_entries(sampler, key, 0, 5 * CHUNK, dtype)
-    part = keyed_entries(sampler, key, start, count, dtype)
-    assert part.dtype == dtype and part.shape == (count,)
-    np.testing.assert_array_equal(part, whole[start:start + count])
+    keys = [stream_key(3, 1, 2, 0), stream_key(3, 1, 3, 0)]
+    whole = keyed_entries(sampler, keys, 0, 5 * CHUNK, dtype)
+    part = keyed_entries(sampler, keys, start, count, dtype)
+    assert part.dtype == dtype and part.shape == (2, count)
+    np.testing.assert_array_equal(part, whole[:, start:start + count])
+    np.testing.assert_array_equal(keyed_entries(sampler, keys[1:], start, count, dtype)[0], part[1])  # one at a time
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_normal_streams_are_standard_normal_and_independent(dtype):
     n = 1 << 20
-    a = keyed_entries("normal", stream_key(0, 0, 0, 0), 0, n, dtype)
-    b = keyed_entries("normal", stream_key(0, 0, 1, 0), 0, n, dtype)
+    a, b = keyed_entries("normal", [stream_key(0, 0, 0, 0), stream_key(0, 0, 1, 0)], 0, n, dtype)
     se = 1 / np.sqrt(n)
     assert abs(a.mean()) < 5 * se and abs(a.var() - 1) < 5 * np.sqrt(2) * se
     assert abs((a ** 4).mean() - 3) < 0.05  # Gaussian kurtosis
@@ -42,7 +42,7 @@ def test_normal_streams_are_standard_normal_and_independent(dtype):
 
 
 def test_rademacher_streams_are_fair_signs():
-    r = keyed_entries("rademacher", stream_key(5, 2, 0, 1), 0, 1 << 18, np.float32)
+    r = keyed_entries("rademacher", [stream_key(5, 2, 0, 1)], 0, 1 << 18, np.float32)[0]
     assert set(np.unique(r)) == {-1.0, 1.0} and abs(r.mean()) < 5 / np.sqrt(r.size)
 
 

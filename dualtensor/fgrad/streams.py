@@ -7,8 +7,8 @@ of activity perturbation). Word ``w`` of a stream is SplitMix64's output for the
 word, or any sample rows of a tangent, without the rest and without moving it. This is what lets
 MPI ranks split the tangents (or the batch) of a step and still use exactly the tangents of a
 one-process run. The same array code runs on NumPy and CuPy (on a GPU the tangents are made on
-the device); on the CPU a float32 normal costs 3.3 ns (NumPy's PCG64 bits + the same Box-Muller:
-2.9 ns; one thread).
+the device). On the CPU, one thread, a float32 keyed normal costs 3.5 ns against 2.7-4.5 ns from
+a NumPy generator, a float64 one 22 ns against 11 (``bench/sampling.py``; bench/results/sampling.md).
 
 Layout (normal): outputs come in chunks of 8192; chunk ``c`` is made from 4096 words (float32:
 two 23-bit uniforms per word) or 8192 words (float64: one 53-bit uniform per word) by Box-Muller,
@@ -31,90 +31,138 @@ __all__ = ["KeyedTangents", "BlockDraw", "keyed_entries", "stream_key", "TAG"]
 TAG = 0x6B74  # separates keyed tangents from every other use of the run's seed
 _CHUNK = 8192  # outputs per Box-Muller chunk (smaller chunks measured 1.5x slower: 4.5 against 3.0 ns a number)
 _HALF = _CHUNK // 2
-# chunks converted at a time: on the CPU the temporaries stay in cache (8-16 measured 1.2-1.5x faster
-# than 32-64); on a GPU fewer, larger kernels
-_BLOCK_CHUNKS = {"cpu": 8, "gpu": 1024}
+# chunks x tangents converted at a time: on the CPU the temporaries stay in cache (16 measured 1.2x faster
+# than 8 or 32 for a k = 16 draw); on a GPU fewer, larger kernels
+_BLOCK_CHUNKS = {"cpu": 16, "gpu": 1024}
 _TWO_PI = 2 * math.pi
 _GOLDEN, _M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
+_MASK = (1 << 64) - 1
+
+
+def _mix(x: int) -> int:
+    """SplitMix64's finaliser on a Python int (mod 2**64)."""
+    x = ((x ^ (x >> 30)) * int(_M1)) & _MASK
+    x = ((x ^ (x >> 27)) * int(_M2)) & _MASK
+    return x ^ (x >> 31)
+
+
 def stream_key(seed: int, step: int, tangent: int, part: int) -> int:
-    """The 64-bit key of one tangent's stream."""
-    return int(np.random.SeedSequence([seed, TAG, step, tangent, part]).generate_state(1, np.uint64)[0])
+    """The 64-bit key of one tangent's stream: the words of (seed, TAG, step, tangent, part) folded
+    in one at a time through SplitMix64 (8x cheaper than a SeedSequence, which mattered at 48 streams a step)."""
+    h = 0
+    for v in (seed, TAG, step, tangent, part):
+        h = _mix((h + int(_GOLDEN) + (int(v) & _MASK)) & _MASK)
+    return h
 
 
-def _words(key: int, first: int, count: int, xp: Any) -> Any:
-    """Words ``first .. first + count`` of stream ``key`` (uint64, SplitMix64 on the counter)."""
-    x = xp.arange(first + 1, first + 1 + count, dtype=xp.uint64)
+def _words(keys: Any, first: int, count: int, xp: Any) -> Any:
+    """Words ``first .. first + count`` of the streams ``keys`` (uint64 (T,)): (T, count) uint64,
+    SplitMix64 on the counter."""
+    x = xp.empty((len(keys), count), dtype=xp.uint64)
+    x[...] = xp.arange(first + 1, first + 1 + count, dtype=xp.uint64)
     x *= _GOLDEN  # modulo 2**64
-    x += np.uint64(key)
-    x ^= x >> np.uint64(30)
-    x *= _M1
-    x ^= x >> np.uint64(27)
-    x *= _M2
-    x ^= x >> np.uint64(31)
+    x += keys[:, None]
+    t = xp.empty_like(x)
+    for shift, mult in ((30, _M1), (27, _M2), (31, None)):
+        xp.right_shift(x, np.uint64(shift), out=t)
+        x ^= t
+        if mult is not None:
+            x *= mult
     return x
 
 
-def _normal_chunks(key: int, c: int, m: int, dtype: np.dtype, xp: Any) -> Any:
-    """Chunks ``c .. c + m`` of a normal stream, shape (m, 2, _HALF)."""
+def _uniforms(keys: Any, first: int, count: int, dtype: np.dtype, xp: Any) -> Any:
+    """Uniforms ``first .. first + count`` (T, count) of the streams on [1, 2) (float32: 23-bit,
+    two from each word) or [0, 1) (float64: 53-bit, one from each word)."""
     if dtype == np.float32:
-        u = _words(key, c * _HALF, m * _HALF, xp).view(xp.uint32)
+        w0 = first // 2
+        u = _words(keys, w0, -(-(first + count) // 2) - w0, xp).view(xp.uint32)
         u >>= np.uint32(9)
         u |= np.uint32(0x3F800000)
-        f = u.view(xp.float32).reshape(m, 2, _HALF)  # uniforms on [1, 2)
-        r, t = f[:, 0], f[:, 1]
-        xp.subtract(np.float32(2), r, out=r)  # (0, 1]
-        t -= np.float32(1)
-    else:
-        w = _words(key, c * _CHUNK, m * _CHUNK, xp) >> np.uint64(11)
-        f = w.astype(xp.float64).reshape(m, 2, _HALF)
-        f *= 2.0 ** -53  # [0, 1)
-        r, t = f[:, 0], f[:, 1]
-        xp.subtract(1.0, r, out=r)  # (0, 1]
+        return u.view(xp.float32)[:, first - 2 * w0:first - 2 * w0 + count]
+    f = (_words(keys, first, count, xp) >> np.uint64(11)).astype(xp.float64)
+    f *= 2.0 ** -53
+    return f
+
+
+def _normal(keys: Any, c: int, a: int, b: int, dtype: np.dtype, xp: Any) -> Any:
+    """Outputs ``a .. b`` of chunks ``c, c + 1, ...`` (0 <= a < b, a < _CHUNK) of normal streams: (T, b - a).
+
+    Pair q of chunk c (uniform q and _HALF + q of its block of uniforms) gives output q as r cos t
+    and output _HALF + q as r sin t; only the pairs the outputs need are computed.
+    """
+    m = -(-b // _CHUNK)
+    if m > 1 or (a == 0 and b == _CHUNK):  # whole chunks: every pair
+        U = _uniforms(keys, c * _CHUNK, m * _CHUNK, dtype, xp).reshape(len(keys), m, 2, _HALF)
+        r, t = U[:, :, 0], U[:, :, 1]
+        q = (0, _HALF)
+    else:  # part of one chunk: the pairs of outputs a..b
+        cos_q = (a, min(b, _HALF)) if a < _HALF else None
+        sin_q = (max(a, _HALF) - _HALF, b - _HALF) if b > _HALF else None
+        q = (min(x[0] for x in (cos_q, sin_q) if x), max(x[1] for x in (cos_q, sin_q) if x))
+        r = _uniforms(keys, c * _CHUNK + q[0], q[1] - q[0], dtype, xp)[:, None]
+        t = _uniforms(keys, c * _CHUNK + _HALF + q[0], q[1] - q[0], dtype, xp)[:, None]
+    xp.subtract(dtype.type(2 if dtype == np.float32 else 1), r, out=r)  # (0, 1]
+    if dtype == np.float32:
+        t -= np.float32(1)  # [0, 1)
     xp.log(r, out=r)
     r *= dtype.type(-2)
     xp.sqrt(r, out=r)  # Rayleigh radius
     t *= dtype.type(_TWO_PI)  # angle on [0, 2 pi)
-    out = xp.empty((m, 2, _HALF), dtype=dtype)
-    xp.cos(t, out=out[:, 0])
-    xp.sin(t, out=out[:, 1])
-    out[:, 0] *= r
-    out[:, 1] *= r
-    return out
+    if q == (0, _HALF):
+        out = xp.empty((len(keys), r.shape[1], 2, _HALF), dtype=dtype)
+        xp.cos(t, out=out[:, :, 0])
+        xp.sin(t, out=out[:, :, 1])
+        out[:, :, 0] *= r
+        out[:, :, 1] *= r
+        return out.reshape(len(keys), -1)[:, a:b]
+    parts = []
+    if a < _HALF:
+        parts.append(r[:, 0, a - q[0]:min(b, _HALF) - q[0]] * xp.cos(t[:, 0, a - q[0]:min(b, _HALF) - q[0]]))
+    if b > _HALF:
+        lo = max(a, _HALF) - _HALF
+        parts.append(r[:, 0, lo - q[0]:b - _HALF - q[0]] * xp.sin(t[:, 0, lo - q[0]:b - _HALF - q[0]]))
+    return parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=1)
 
 
-def _rademacher_chunks(key: int, c: int, m: int, dtype: np.dtype, xp: Any) -> Any:
-    w = _words(key, c * (_CHUNK // 64), m * (_CHUNK // 64), xp)
-    bits = (w[:, None] >> xp.arange(64, dtype=xp.uint64)) & np.uint64(1)
-    out = bits.astype(dtype)
+def _rademacher(keys: Any, c: int, a: int, b: int, dtype: np.dtype, xp: Any) -> Any:
+    """Outputs ``a .. b`` of chunks ``c, ...`` of Rademacher streams (bit e % 64 of word e // 64): (T, b - a)."""
+    first, last = (c * _CHUNK + a) // 64, -(-(c * _CHUNK + b) // 64)
+    w = _words(keys, first, last - first, xp)
+    bits = xp.unpackbits(w.reshape(-1).view(xp.uint8), bitorder="little").reshape(len(keys), -1)
+    off = c * _CHUNK + a - 64 * first
+    out = bits[:, off:off + b - a].astype(dtype)
     out *= dtype.type(-2)
     out += dtype.type(1)
     return out
 
 
-_CORES = {normal: _normal_chunks, rademacher: _rademacher_chunks}
+_CORES = {normal: _normal, rademacher: _rademacher}
 
 
-def keyed_entries(sampler: Any, key: int, start: int, count: int, dtype: Any, xp: Any = np,
+def keyed_entries(sampler: Any, keys: Any, start: int, count: int, dtype: Any, xp: Any = np,
                   out: Any = None) -> Any:
-    """Outputs ``start .. start + count`` of stream ``key`` (:func:`stream_key`) for an i.i.d.
-    sampler (``"normal"`` or ``"rademacher"``): a 1-D array of ``xp``, written into ``out`` when given."""
+    """Outputs ``start .. start + count`` of the streams ``keys`` (:func:`stream_key` values, one per
+    tangent) for an i.i.d. sampler (``"normal"`` or ``"rademacher"``): an array (len(keys), count) of
+    ``xp``, written into ``out`` when given."""
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"tangent dtype must be float32 or float64, got {dtype}")
     draw = get_sampler(sampler)
     make = _CORES[getattr(draw, "func", draw)]
-    out = xp.empty(count, dtype=dtype) if out is None else out
-    c, end, pos = start // _CHUNK, start + count, start
-    per = _BLOCK_CHUNKS["cpu" if xp is np else "gpu"]
+    keys = xp.asarray(np.asarray(keys, dtype=np.uint64).reshape(-1))
+    out = xp.empty((len(keys), count), dtype=dtype) if out is None else out
+    if not len(keys):
+        return out
+    per = max(1, _BLOCK_CHUNKS["cpu" if xp is np else "gpu"] // len(keys))
+    pos, end = start, start + count
     while pos < end:  # a few chunks at a time: the temporaries stay in cache
-        m = min(per, -(-end // _CHUNK) - c)
-        block = make(key, c, m, dtype, xp).reshape(-1)
-        a, b = pos - c * _CHUNK, min(end, (c + m) * _CHUNK) - c * _CHUNK
-        out[pos - start:pos - start + b - a] = block[a:b]
+        c, a = divmod(pos, _CHUNK)
+        b = min(end - c * _CHUNK, per * _CHUNK)
+        out[:, pos - start:pos - start + b - a] = make(keys, c, a, b, dtype, xp)
         pos += b - a
-        c += m
     return out
 
 
@@ -165,10 +213,7 @@ class KeyedTangents:
         sel = _select(k, tangents)
         if not is_iid(sampler):
             return get_sampler(sampler)(k, (n,), self.generator(xp), dtype=dtype, xp=xp)[sel.start:sel.stop]
-        V = xp.empty((len(sel), n), dtype=dtype)
-        for i, j in enumerate(sel):
-            keyed_entries(sampler, stream_key(self.seed, self.step, j, 0), 0, n, dtype, xp, out=V[i])
-        return V
+        return keyed_entries(sampler, [stream_key(self.seed, self.step, j, 0) for j in sel], 0, n, dtype, xp)
 
     def activity(self, sampler: Any, k: int, batch: int, *, shared: bool = False, xp: Any = np,
                  tangents: tuple[int, int] | None = None) -> "BlockDraw":
@@ -201,10 +246,8 @@ class BlockDraw:
         """Block ``block``'s ``(len(sel), batch, n)`` tangents (any block, in any order)."""
         keys = self.keys
         rows, first = (1, 0) if self.shared else (self.batch, self.first)
-        out = self.xp.empty((len(self.sel), rows, n), dtype=dtype)
-        for i, j in enumerate(self.sel):
-            keyed_entries(self.sampler, stream_key(keys.seed, keys.step, j, block + 1), first * n, rows * n, dtype,
-                          self.xp, out=out[i].reshape(-1))
+        keys_ = [stream_key(keys.seed, keys.step, j, block + 1) for j in self.sel]
+        out = keyed_entries(self.sampler, keys_, first * n, rows * n, dtype, self.xp).reshape(len(self.sel), rows, n)
         return self.xp.broadcast_to(out, (len(self.sel), self.batch, n)) if self.shared else out
 
     def whole(self, n: int, dtype: Any) -> Any:
