@@ -41,7 +41,7 @@ SIZES, B, K = (1024, 1024, 10), 64, 16
 
 
 def best(fn, comm, repeats: int) -> float:
-    """Min over repeats of the slowest rank's time of ``fn()`` (ms), ranks started together."""
+    """Min over repeats of ``fn()``'s time (ms), ranks started together, averaged over the ranks."""
     fn()
     times = []
     for _ in range(repeats):
@@ -59,6 +59,8 @@ def main() -> None:
     args = p.parse_args()
     comm = distributed.init(require=True)
     P, n = comm.size, sum(SIZES)
+    if P != 2:
+        sys.exit(f"tangent_split_cost.py: run it on 2 ranks (mpiexec -n 2), not {P}")
     lo, hi = comm.split(K)
     keys = KeyedTangents(0, 0)
     agg = get_aggregator("projection")

@@ -191,8 +191,11 @@ def _error(msg: str, comm: Any = None, everywhere: bool = True) -> None:
 
 
 @contextlib.contextmanager
-def _one_line_warnings() -> Iterator[None]:
+def _one_line_warnings(comm: Any = None) -> Iterator[None]:
+    """Warnings as one line each (in a multi-rank job, from rank 0 only: the ranks run the same run)."""
     def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        if comm is not None and not comm.is_root:
+            return
         print(f"{PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
 
     with warnings.catch_warnings():
@@ -208,16 +211,23 @@ def run_train(options: dict[str, Any]) -> int:
     opts = dict(options)
     resume, overwrite = opts.pop("resume", False), opts.pop("overwrite", False)
     out = opts.get("out")
-    comm = distributed.init()
+    try:
+        comm = distributed.init()
+    except distributed.DistributedError as e:  # started by mpiexec, but there is no mpi4py
+        _error(str(e))
+        return EXIT_USAGE
+
+    def configured() -> Any:
+        if run_mode(resume, overwrite, out) == "resume":
+            return resume_config(out, opts)
+        config = TrainConfig(**opts)
+        return config.replace(out=config.out or default_out_dir(config))
+
     passes = (TrainingDiverged, UsageError, distributed.DistributedError)
-    with _one_line_warnings(), interrupt_on_signals(), distributed.abort_on_error(comm, passes):
+    with _one_line_warnings(comm), interrupt_on_signals(), distributed.abort_on_error(comm, passes):
         try:
-            if run_mode(resume, overwrite, out) == "resume":
-                config = resume_config(out, opts)
-            else:
-                config = TrainConfig(**opts)
-                out = config.out or default_out_dir(config)
-                config = config.replace(out=out)
+            config = distributed.agreed(comm, configured)
+            out = config.out
             result = fit(config, resume=resume, overwrite=overwrite)
         except distributed.PeerFailed as e:  # the failing rank has said why
             return e.code
@@ -235,6 +245,10 @@ def run_train(options: dict[str, Any]) -> int:
             where = (f"; {path} holds epoch {epoch}: continue with python -m dualtensor train --resume --out {out}"
                      if path is not None else "")
             _error(f"interrupted ({signal.Signals(exit_status(e) - 128).name}){where}", comm)
+            if comm.size > 1:  # a rank may wait in a collective for one that stopped: end the job, giving
+                if not comm.is_root:  # rank 0 (which writes the summary) a moment to finish first
+                    time.sleep(5)
+                comm.abort(exit_status(e))
             return exit_status(e)
     if config.quiet and comm.is_root:
         acc = result.summary.get("test_acc")

@@ -30,11 +30,11 @@ import numpy as np
 from .backend import get_xp, is_cupy, to_host
 
 __all__ = ["Communicator", "Serial", "MPICommunicator", "init", "available", "launched", "mpiexec", "split_range",
-           "bind_device", "agreed", "abort_on_error", "reduce_stats", "PeerFailed", "DistributedError"]
+           "bind_device", "agreed", "abort_on_error", "allreduce_grads", "PeerFailed", "DistributedError"]
 
 
 class DistributedError(RuntimeError):
-    """The ranks of a job disagree (e.g. their parameters differ) or MPI is missing."""
+    """The ranks of a job disagree (their parameters differ), or MPI is missing (CLI exit status 2)."""
 
 
 def split_range(n: int, size: int, rank: int) -> tuple[int, int]:
@@ -121,10 +121,6 @@ class Communicator:
         """Rank ``root``'s array ``x`` on every rank (the others pass an array of the same shape and
         dtype to receive into)."""
         raise NotImplementedError
-
-    def any(self, flag: bool) -> bool:
-        """True on every rank when ``flag`` is true on at least one."""
-        return bool(self.allreduce(np.array([1 if flag else 0], dtype=np.int64))[0])
 
     def barrier(self) -> None:
         """Wait for every rank."""
@@ -294,13 +290,12 @@ def abort_on_error(comm: Communicator, passes: tuple = ()) -> Iterator[None]:
         comm.abort(1)
 
 
-def reduce_stats(comm: Communicator, stats: Any) -> Any:
-    """An epoch's totals (:class:`~dualtensor.train.loop.EpochStats`) summed over the ranks' shards."""
-    if comm.size == 1:
-        return stats
-    total = comm.allreduce(np.array([float(stats.loss_sum), int(stats.correct), stats.seen], dtype=np.float64))
-    stats.loss_sum, stats.correct, stats.seen = np.float64(total[0]), int(total[1]), int(total[2])
-    return stats
+def allreduce_grads(comm: Communicator, loss: Any, grads: dict, weight: float) -> tuple[Any, dict]:
+    """The ``weight``-ed sums over the ranks of a loss and a dict of gradients (this rank's shard:
+    weight = shard size / global batch), in one flat Allreduce; every rank gets the same."""
+    names = sorted(grads)
+    summed = comm.allreduce_many([loss, *(grads[n] for n in names)], weight)
+    return summed[0], dict(zip(names, summed[1:]))
 
 
 _WORLD: Communicator | None = None
@@ -311,14 +306,14 @@ def init(require: bool = False) -> Communicator:
     installed (and, unless ``require``, only when an MPI launcher started this process), else
     :class:`Serial`. ``require=True`` raises :class:`DistributedError` without mpi4py."""
     global _WORLD
-    if _WORLD is not None:
+    if _WORLD is not None and not (require and isinstance(_WORLD, Serial)):
         return _WORLD
     if available() and (require or launched()):
         _WORLD = MPICommunicator()
-    elif require:
-        raise DistributedError("MPI is not available: install the mpi extra (pip install -e \".[mpi]\", which "
-                               "brings mpi4py and an MPI with mpiexec) and start the job with "
-                               "mpiexec -n P python -m dualtensor ...")
+    elif require or launched():  # under a launcher without mpi4py: P independent runs would start
+        raise DistributedError("MPI is not available (mpi4py is not installed): install the mpi extra "
+                               "(pip install -e \".[mpi]\", which brings mpi4py and an MPI with mpiexec) and start "
+                               "the job with mpiexec -n P python -m dualtensor ...")
     else:
         _WORLD = Serial()
     return _WORLD

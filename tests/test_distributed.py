@@ -29,7 +29,7 @@ def test_the_serial_communicator_is_the_identity():
     comm = distributed.Serial()
     x = np.arange(6.0).reshape(3, 2)
     assert comm.size == 1 and comm.is_root and comm.split(5) == (0, 5)
-    assert comm.allgather(x) is x and comm.allreduce(x) is x and not comm.any(False) and comm.any(True)
+    assert comm.allgather(x) is x and comm.allreduce(x) is x
     a, b = comm.allreduce_many([np.float32(2.0) * np.ones(()), np.ones((2, 2), np.float64)], 0.5)
     assert a.shape == () and a.dtype == np.float64 and float(a) == 1.0 and (b == 0.5).all()
 
@@ -90,15 +90,38 @@ def test_split_estimators_refuse_what_they_cannot_split():
         forward_gradient(f, P, 1, rng=0, comm=TwoRanks())
 
 
-def test_a_one_rank_communicator_changes_nothing():
+def test_with_a_communicator_a_seed_means_keyed_tangents_at_any_size():
     dt.nn.init.manual_seed(0)
     model = models.mlp(6, width=4, depth=1, classes=2)
     x, y = np.random.default_rng(0).standard_normal((3, 6)), np.array([0, 1, 0])
     loss = lambda lg, t: F.cross_entropy(lg, t, reduction="none")  # noqa: E731
+    keyed = activity_gradient(model, loss, x, y, k=2, rng=KeyedTangents(1))
+    drawn = activity_gradient(model, loss, x, y, k=2, rng=1)  # without one: a generator seeded with 1
+    assert not all(np.array_equal(keyed.grads[n], drawn.grads[n]) for n in keyed.grads)
     for split in ("tangents", "data"):
-        a = activity_gradient(model, loss, x, y, k=2, rng=KeyedTangents(1), comm=distributed.Serial(), split=split)
-        b = activity_gradient(model, loss, x, y, k=2, rng=KeyedTangents(1))
-        assert all(np.array_equal(a.grads[n], b.grads[n]) for n in a.grads)
+        a = activity_gradient(model, loss, x, y, k=2, rng=1, comm=distributed.Serial(), split=split)
+        assert all(np.array_equal(a.grads[n], keyed.grads[n]) for n in a.grads)
+    P = {n: p.data for n, p in model.named_parameters()}
+    f = lambda P: F.cross_entropy(dt.nn.functional_call(model, P, x), y)  # noqa: E731
+    g1 = forward_gradient(f, P, 2, rng=1, comm=distributed.Serial())[1]
+    g2 = forward_gradient(f, P, 2, rng=KeyedTangents(1))[1]
+    assert all(np.array_equal(g1[n], g2[n]) for n in P)
+
+
+def test_data_parallel_ranks_average_their_batch_norm_statistics():
+    from dualtensor import nn
+    from dualtensor.train.runner import average_buffers
+
+    class Doubled(TwoRanks):  # the other rank holds the same buffers plus 2
+        def allreduce(self, x):
+            return 2 * x + 2 * self.scale
+
+    bn = nn.BatchNorm2d(3)
+    bn.running_mean[...] = np.array([1.0, 2.0, 3.0], dtype=bn.running_mean.dtype)
+    comm = Doubled()
+    comm.scale = 1.0 / 2  # allreduce_many scales by 1/P before summing
+    average_buffers(bn, comm)
+    np.testing.assert_allclose(bn.running_mean, [2.0, 3.0, 4.0])  # (x + (x + 2)) / 2
 
 
 def test_bind_device_leaves_the_cpu_alone():

@@ -102,7 +102,7 @@ def test_bad_options_print_one_line_from_one_rank(tmp_path):
 
 
 def test_a_diverging_job_stops_on_every_rank_with_one_line(tmp_path):
-    p, out = train(tmp_path, "div", 2, "--k", "3", "--aggregate", "mean", "--lr", "1", "--parallel", "tangents")
+    p, out = train(tmp_path, "div", 2, "--k", "3", "--aggregate", "mean", "--lr", "1e6", "--parallel", "tangents")
     assert p.returncode == 3 and p.stderr.strip().count("\n") == 0 and "training diverged at epoch 1" in p.stderr
     assert load_checkpoint(out / "last.npz").epoch == 0
     assert json.loads((out / "summary.json").read_text())["status"] == "diverged"
@@ -176,6 +176,7 @@ def _rank_pid(rank, marker):
             environ = (d / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if marker.encode() in cmdline and b"dualtensor" in b" ".join(cmdline) and f"PMI_RANK={rank}".encode() in environ:
+        ranks = {f"{v}={rank}".encode() for v in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")}
+        if marker.encode() in cmdline and b"dualtensor" in b" ".join(cmdline) and ranks & set(environ):
             return int(d.name)
     raise AssertionError(f"no process of rank {rank}")

@@ -80,18 +80,20 @@ def _split_plan(comm: Any, split: str, k: int, rng: Any, B: int, simulated: bool
     for ``split="data"`` restricted to this rank's rows of the global batch."""
     if split not in ("tangents", "data"):
         raise ValueError(f"activity_gradient: split must be 'tangents' or 'data', got {split!r}")
-    if comm is None or comm.size == 1:
+    if comm is None:
         return rng, None
-    if isinstance(rng, (int, np.integer)):
+    if isinstance(rng, (int, np.integer)):  # with a communicator a seed means keyed tangents, at any P
         rng = KeyedTangents(int(rng))
     if not isinstance(rng, KeyedTangents):
         raise ValueError("activity_gradient over several ranks needs tangents every rank can draw: pass "
                          f"rng=KeyedTangents(seed, step) or a seed, not a {type(rng).__name__}")
-    if split == "data":
+    if split == "data" and comm.size > 1:
         if rng.row_range is None:
             counts = [int(c) for c in comm.allgather(np.array([B], dtype=np.int64))]
             first = sum(counts[:comm.rank])
             rng = rng.rows(first, first + B, sum(counts))
+        return rng, None
+    if split == "data" or comm.size == 1:
         return rng, None
     if k < comm.size:
         raise ValueError(f"activity_gradient: k={k} tangents cannot be split over {comm.size} ranks "
@@ -211,9 +213,9 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
     res, weight = _estimate(model, loss_fn, x, y, k, sampler, aggregate, rng, shared, scale, simulated, keep, blocks,
                             tangents, return_estimate, comm, split)
     if split == "data" and comm is not None and comm.size > 1:  # after the step's temporaries are gone
-        names = sorted(res.grads)
-        summed = comm.allreduce_many([res.loss, *(res.grads[n] for n in names)], weight)
-        res.loss, res.grads = summed[0], dict(zip(names, summed[1:]))
+        from ..distributed import allreduce_grads
+
+        res.loss, res.grads = allreduce_grads(comm, res.loss, res.grads, weight)
     return res
 
 
@@ -377,19 +379,9 @@ def _rows_estimate(agg: Any, d: Any, V_own: Any, sizes: list, own: tuple[int, in
     """The per-sample estimate (B, n) over ``comm`` with the aggregation split by samples: each rank
     draws the other ranks' tangents for its own rows only (the keyed stream gives any rows), aggregates
     its B/P samples with all k tangents, and one Allgather of the B·n estimate joins the rows."""
-    xp, dtype, B = get_xp(V_own), V_own.dtype, V_own.shape[1]
+    xp, B = get_xp(V_own), V_own.shape[1]
     first, end = comm.split(B)
-    mine = rng.rows(first, end, B)
-    lo, hi = own
-    before = _tangent_draw(sampler, k, mine, xp, end - first, False, (0, lo))
-    after = _tangent_draw(sampler, k, mine, xp, end - first, False, (hi, k))
-    V = xp.empty((k, end - first, sum(sizes)), dtype=dtype)  # all k tangents of my samples
-    off = 0
-    for i, n_i in enumerate(sizes):
-        V[:lo, :, off:off + n_i] = before.part(i, n_i, dtype)
-        V[lo:hi, :, off:off + n_i] = V_own[:, first:end, off:off + n_i]
-        V[hi:, :, off:off + n_i] = after.part(i, n_i, dtype)
-        off += n_i
+    V = _all_tangents(sampler, k, rng.rows(first, end, B), xp, end - first, False, own, V_own[:, first:end], sizes)
     return comm.allgather(xp.ascontiguousarray(agg(d[:, first:end], V)))
 
 

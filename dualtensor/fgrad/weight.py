@@ -87,14 +87,14 @@ def _plan(comm: Any, split: str, k: int, rng: Any, batched: bool) -> tuple[int, 
     all k tangents); checks what parallel estimation needs."""
     if split not in ("tangents", "data"):
         raise ValueError(f"split must be 'tangents' or 'data', got {split!r}")
-    if comm is None or comm.size == 1:
+    if comm is None:
         return None
     if batched:
         raise ValueError("forward_gradient: batched=True problems cannot be split over ranks")
     if not isinstance(rng, (KeyedTangents, int, np.integer)):
         raise ValueError("forward_gradient over several ranks needs tangents every rank can draw: pass "
                          f"rng=KeyedTangents(seed, step) or a seed, not a {type(rng).__name__}")
-    if split == "data":
+    if split == "data" or comm.size == 1:
         return None
     if k < comm.size:
         raise ValueError(f"forward_gradient: k={k} tangents cannot be split over {comm.size} ranks (need k >= ranks)")
@@ -155,7 +155,7 @@ def forward_gradient(f: Callable[[Any], Any], params: Any, k: int = 1, *, sample
     """
     leaves, treedef, xp, dtype, n = flatten_params(params, batched)
     own = _plan(comm, split, k, rng, batched)
-    rng = _keys(rng) if comm is not None and comm.size > 1 else rng
+    rng = _keys(rng) if comm is not None else rng  # with a communicator a seed means keyed tangents, at any P
     V = _sample(leaves, xp, dtype, n, k, sampler, rng, batched, shared)
     carried = V if own is None else V[own[0]:own[1]]
     tangents = _split(carried, leaves, 1, batched)
@@ -182,7 +182,7 @@ def simulated_forward_gradient(f: Callable[[Any], Any], params: Any, k: int = 1,
     """
     leaves, treedef, xp, dtype, n = flatten_params(params, batched)
     _plan(comm, split, k, rng, batched)
-    rng = _keys(rng) if comm is not None and comm.size > 1 else rng
+    rng = _keys(rng) if comm is not None else rng
     V = _sample(leaves, xp, dtype, n, k, sampler, rng, batched, shared)
     loss, back = vjp(lambda *ls: f(unflatten(treedef, list(ls))), *leaves)
     _check_loss(loss, leaves, batched)

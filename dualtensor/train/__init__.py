@@ -11,8 +11,9 @@ forward gradients by forward-mode AD) or ``simulated`` (the same estimator compu
 gradient); ``perturb`` chooses activity perturbation (tangents at every block output) or weight
 perturbation (one global tangent over all parameters).
 
-Reproducibility: the model is initialised from ``seed``; the batch order, the tangents and the
-dropout masks of an epoch depend only on ``(seed, epoch)`` (:class:`RandomStreams`), and each
+Reproducibility: the model is initialised from ``seed``; the batch order and the dropout masks of
+an epoch depend only on ``(seed, epoch)``, the tangents of a step only on ``(seed, step)`` (keyed:
+:class:`RandomStreams`, the same at any number of MPI ranks), and each
 checkpoint holds the optimizer and schedule state, so a resumed run repeats the uninterrupted run
 bit for bit.
 """

@@ -144,10 +144,11 @@ class FiniteCheck(Callback):
 
 
 class ReplicaCheck(Callback):
-    """With several MPI ranks, every rank must hold the same parameters: at the start and every
-    ``every``-th step, one Allgather of two float64 checksums per parameter (the sum and the sum
-    of squares) compares them, and a mismatch stops every rank with a
-    :class:`~dualtensor.distributed.DistributedError` naming the first differing parameter."""
+    """With several MPI ranks, every rank must hold the same parameters and buffers: at the start and
+    every ``every``-th step, one Allgather of two float64 checksums per array (the sum and the sum
+    of squares, compared bit for bit, so NaN equals NaN and is left to :class:`FiniteCheck`) compares
+    them, and a mismatch stops every rank with a :class:`~dualtensor.distributed.DistributedError`
+    naming the first differing array."""
 
     order = 1
 
@@ -166,11 +167,12 @@ class ReplicaCheck(Callback):
         from ..backend import get_xp, to_host
         from ..distributed import DistributedError
 
-        names, params = zip(*run.model.named_parameters())
-        xp = get_xp(*(p.data for p in params))
-        sums = xp.stack([xp.stack([p.data.sum(dtype=np.float64), (p.data.astype(np.float64) ** 2).sum()])
-                         for p in params])
-        every = to_host(run.comm.allgather(sums[None])).reshape(run.comm.size, len(names), 2)
+        state = [(n, p.data) for n, p in run.model.named_parameters()] + \
+            [(n, b) for n, b in run.model.named_buffers() if b.dtype.kind == "f"]
+        names, arrays = zip(*state)
+        xp = get_xp(*arrays)
+        sums = xp.stack([xp.stack([a.sum(dtype=np.float64), (a.astype(np.float64) ** 2).sum()]) for a in arrays])
+        every = to_host(run.comm.allgather(sums[None])).reshape(run.comm.size, len(names), 2).view(np.uint64)
         bad = np.flatnonzero((every != every[:1]).any(axis=(0, 2)))
         if bad.size:
             ranks = np.flatnonzero((every[:, bad[0]] != every[0, bad[0]]).any(axis=1))

@@ -307,6 +307,10 @@ class TrainConfig:
         if self.parallel == "data" and self.batch_size < self.ranks:
             raise ConfigError(f"--parallel data: --batch-size {self.batch_size} cannot be split over {self.ranks} "
                               "ranks (need batch size >= ranks)")
+        last = self.train_samples() % self.batch_size
+        if self.parallel == "data" and not self.drop_last and 0 < last < self.ranks:
+            raise ConfigError(f"--parallel data --no-drop-last: the last batch of each epoch has {last} samples, "
+                              f"fewer than the {self.ranks} ranks (drop it, or choose another --batch-size or --limit)")
         if self.parallel == "none" and self.ranks > 1:
             raise ConfigError(f"this job has {self.ranks} MPI ranks but --parallel none: choose --parallel "
                               "tangents or data (or start one process)")

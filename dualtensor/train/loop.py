@@ -11,7 +11,7 @@ import numpy as np
 from ..backend import get_xp, quiet_float_errors, synchronize
 from .steps import Step, StepOutput
 
-__all__ = ["EpochStats", "train_epoch", "evaluate"]
+__all__ = ["EpochStats", "train_epoch", "evaluate", "reduce_stats"]
 
 
 @dataclass
@@ -87,3 +87,12 @@ def evaluate(model: Any, x: Any, y: Any, batch_size: int = 1000) -> tuple[float,
     finally:
         model.train(was)
     return (total / n, correct / n) if n else (float("nan"), float("nan"))
+
+
+def reduce_stats(comm: Any, stats: EpochStats) -> EpochStats:
+    """An epoch's totals summed over the ranks of ``comm`` (data parallelism: each rank saw its shards)."""
+    if comm.size == 1:
+        return stats
+    total = comm.allreduce(np.array([float(stats.loss_sum), int(stats.correct), stats.seen], dtype=np.float64))
+    stats.loss_sum, stats.correct, stats.seen = np.float64(total[0]), int(total[1]), int(total[2])
+    return stats

@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import Checkpoint, checkpoint_arrays, write_npz
-from ..distributed import agreed, bind_device, reduce_stats
+from ..distributed import DistributedError, abort_on_error, agreed, bind_device
 from ..metrics import clean_json
 from .build import RandomStreams, build_model, build_optimizer, build_schedule, model_blocks
 from .callbacks import (Callback, Checkpointer, EarlyStopping, EpochLog, Every, FiniteCheck, MetricsWriter, Plotter,
                         ProgressBar, ReplicaCheck)
 from .config import ConfigError, TrainConfig
 from .errors import TrainingDiverged
-from .loop import evaluate, train_epoch
+from .loop import evaluate, reduce_stats, train_epoch
 from .resume import initialise_from, restore, resume_checkpoint
 from .rundir import RunDir
 from .signals import deferred
@@ -203,8 +203,9 @@ def fit(config: TrainConfig, callbacks: Sequence[Callback] = (), *, resume: bool
                                             _checkpoint(comm, rundir, config, resume), started, comm))
         cbs = sorted([*(default_callbacks(run.config, rundir is not None) if use_default_callbacks else []),
                       *callbacks], key=lambda c: c.order)
-        try:
-            return _execute(run, cbs)
+        try:  # an error on one rank only (not a divergence or a replica mismatch, which all ranks see) ends the job
+            with abort_on_error(comm, (TrainingDiverged, DistributedError)):
+                return _execute(run, cbs)
         finally:
             for c in cbs:
                 c.close()
@@ -276,6 +277,7 @@ def _execute(run: Run, callbacks: list[Callback]) -> FitResult:
                                 on_step=lambda out, s: each("on_step_end", out, s))
             if run.config.parallel == "data":
                 stats = reduce_stats(run.comm, stats)
+                average_buffers(run.model, run.comm)
             t0 = time.perf_counter()
             val_loss, val_acc = evaluate(run.model, *run.data["val"], run.config.eval_batch_size)
             row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "val_loss": val_loss,
@@ -295,6 +297,17 @@ def _execute(run: Run, callbacks: list[Callback]) -> FitResult:
     summary = run.finish(run.stop_status or "completed", test=True)
     each("on_fit_end", summary)
     return FitResult(summary, run.model, run.state)
+
+
+def average_buffers(model: Any, comm: Any) -> None:
+    """Make the ranks' floating buffers (batch-norm running statistics, which data-parallel ranks
+    update from their own shards) their mean over the ranks, so every rank evaluates, checkpoints and
+    decides alike."""
+    buffers = [(n, b) for n, b in model.named_buffers() if b.dtype.kind == "f"]
+    if comm.size == 1 or not buffers:
+        return
+    mean = comm.allreduce_many([b for _, b in buffers], 1.0 / comm.size)
+    model.load_state_dict({n: m for (n, _), m in zip(buffers, mean)}, strict=False)
 
 
 def _diverged(run: Run, e: TrainingDiverged) -> TrainingDiverged:

@@ -72,6 +72,7 @@ def _parameters(model: Any) -> Callable[[], dict]:
 
 def _backprop_step(model: Any, comm: Any) -> Callable:
     from .. import autodiff
+    from ..distributed import allreduce_grads
     from ..tensor import primal_of
     from ..nn import functional as F
     from ..nn import functional_call
@@ -88,9 +89,7 @@ def _backprop_step(model: Any, comm: Any) -> Callable:
         (loss, logits), grads = vg(current(), x, y)
         loss = primal_of(loss)
         if rows is not None:  # this rank's shard: the weighted sum over the ranks, one flat Allreduce
-            names = sorted(grads)
-            summed = comm.allreduce_many([loss, *(grads[n] for n in names)], (rows[1] - rows[0]) / rows[2])
-            loss, grads = summed[0], dict(zip(names, summed[1:]))
+            loss, grads = allreduce_grads(comm, loss, grads, (rows[1] - rows[0]) / rows[2])
         return StepOutput(loss, grads, logits)
 
     return step
