@@ -30,7 +30,7 @@ from ..tensor import DualTensor, Traced, Zero
 from . import aggregators
 from .aggregators import AGGREGATORS, get_aggregator
 from .samplers import as_generator, get_sampler, is_iid, validate_tangents
-from .streams import KeyedTangents
+from .streams import KeyedTangents, parallel_keys
 
 __all__ = ["ActivityResult", "activity_gradient", "exact_activation_gradients", "activation_sizes",
            "activity_tangents", "draws_per_block"]
@@ -78,27 +78,12 @@ def _per_sample(aggregate: Any) -> bool:
 def _split_plan(comm: Any, split: str, k: int, rng: Any, B: int, simulated: bool) -> tuple[Any, Any]:
     """(rng, this rank's tangent range or None) for an estimate over ``comm``: keyed tangents, and
     for ``split="data"`` restricted to this rank's rows of the global batch."""
-    if split not in ("tangents", "data"):
-        raise ValueError(f"activity_gradient: split must be 'tangents' or 'data', got {split!r}")
-    if comm is None:
-        return rng, None
-    if isinstance(rng, (int, np.integer)):  # with a communicator a seed means keyed tangents, at any P
-        rng = KeyedTangents(int(rng))
-    if not isinstance(rng, KeyedTangents):
-        raise ValueError("activity_gradient over several ranks needs tangents every rank can draw: pass "
-                         f"rng=KeyedTangents(seed, step) or a seed, not a {type(rng).__name__}")
-    if split == "data" and comm.size > 1:
-        if rng.row_range is None:
-            counts = [int(c) for c in comm.allgather(np.array([B], dtype=np.int64))]
-            first = sum(counts[:comm.rank])
-            rng = rng.rows(first, first + B, sum(counts))
-        return rng, None
-    if split == "data" or comm.size == 1:
-        return rng, None
-    if k < comm.size:
-        raise ValueError(f"activity_gradient: k={k} tangents cannot be split over {comm.size} ranks "
-                         "(need k >= ranks)")
-    return rng, None if simulated else comm.split(k)
+    rng, own = parallel_keys(comm, split, k, rng, "activity_gradient")
+    if split == "data" and comm is not None and comm.size > 1 and rng.row_range is None:
+        counts = [int(c) for c in comm.allgather(np.array([B], dtype=np.int64))]
+        first = sum(counts[:comm.rank])
+        rng = rng.rows(first, first + B, sum(counts))
+    return rng, None if simulated else own
 
 
 def activity_tangents(sampler: Any, k: int, sizes: Sequence[int], rng: Any, *, dtype: Any, xp: Any, batch: int,

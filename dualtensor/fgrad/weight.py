@@ -22,7 +22,7 @@ from ..backend import get_xp
 from ..pytree import flatten, unflatten
 from .aggregators import get_aggregator
 from .samplers import get_sampler
-from .streams import KeyedTangents
+from .streams import KeyedTangents, parallel_keys
 
 __all__ = ["forward_gradient", "simulated_forward_gradient", "tangent_tree", "flatten_params"]
 
@@ -82,27 +82,9 @@ def _sample(leaves: list, xp: Any, dtype: Any, n: int, k: int, sampler: Any, rng
     return get_sampler(sampler)(k, (n,), rng, dtype=dtype, xp=xp, batch=B, shared=shared)
 
 
-def _plan(comm: Any, split: str, k: int, rng: Any, batched: bool) -> tuple[int, int] | None:
-    """This rank's tangent range for ``split="tangents"`` over ``comm`` (None: every rank carries
-    all k tangents); checks what parallel estimation needs."""
-    if split not in ("tangents", "data"):
-        raise ValueError(f"split must be 'tangents' or 'data', got {split!r}")
-    if comm is None:
-        return None
-    if batched:
+def _no_batched(comm: Any, batched: bool) -> None:
+    if comm is not None and batched:
         raise ValueError("forward_gradient: batched=True problems cannot be split over ranks")
-    if not isinstance(rng, (KeyedTangents, int, np.integer)):
-        raise ValueError("forward_gradient over several ranks needs tangents every rank can draw: pass "
-                         f"rng=KeyedTangents(seed, step) or a seed, not a {type(rng).__name__}")
-    if split == "data" or comm.size == 1:
-        return None
-    if k < comm.size:
-        raise ValueError(f"forward_gradient: k={k} tangents cannot be split over {comm.size} ranks (need k >= ranks)")
-    return comm.split(k)
-
-
-def _keys(rng: Any) -> Any:
-    return KeyedTangents(int(rng)) if isinstance(rng, (int, np.integer)) else rng
 
 
 def _gather(comm: Any, split: str, loss: Any, d: Any, weight: float | None, xp: Any) -> tuple[Any, Any]:
@@ -154,8 +136,8 @@ def forward_gradient(f: Callable[[Any], Any], params: Any, k: int = 1, *, sample
     the global tangent array V (split it with :func:`tangent_tree`).
     """
     leaves, treedef, xp, dtype, n = flatten_params(params, batched)
-    own = _plan(comm, split, k, rng, batched)
-    rng = _keys(rng) if comm is not None else rng  # with a communicator a seed means keyed tangents, at any P
+    _no_batched(comm, batched)
+    rng, own = parallel_keys(comm, split, k, rng, "forward_gradient")
     V = _sample(leaves, xp, dtype, n, k, sampler, rng, batched, shared)
     carried = V if own is None else V[own[0]:own[1]]
     tangents = _split(carried, leaves, 1, batched)
@@ -181,8 +163,9 @@ def simulated_forward_gradient(f: Callable[[Any], Any], params: Any, k: int = 1,
     all of it.
     """
     leaves, treedef, xp, dtype, n = flatten_params(params, batched)
-    _plan(comm, split, k, rng, batched)
-    rng = _keys(rng) if comm is not None else rng
+    _no_batched(comm, batched)
+    rng, _ = parallel_keys(comm, "data" if split == "tangents" else split, k, rng,  # no tangent to split
+                           "simulated_forward_gradient")
     V = _sample(leaves, xp, dtype, n, k, sampler, rng, batched, shared)
     loss, back = vjp(lambda *ls: f(unflatten(treedef, list(ls))), *leaves)
     _check_loss(loss, leaves, batched)
