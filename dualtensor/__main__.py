@@ -186,7 +186,7 @@ def _error(msg: str, comm: Any = None, everywhere: bool = True) -> None:
     if comm is not None and comm.size > 1:
         if everywhere and not comm.is_root:
             return
-        msg = msg if everywhere else f"rank {comm.rank}: {msg}"
+        msg = msg if everywhere or comm.is_root else f"rank {comm.rank}: {msg}"
     print(f"{PROG}: error: {' '.join(str(msg).split())}", file=sys.stderr, flush=True)
 
 

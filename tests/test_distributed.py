@@ -34,6 +34,21 @@ def test_the_serial_communicator_is_the_identity():
     assert a.shape == () and a.dtype == np.float64 and float(a) == 1.0 and (b == 0.5).all()
 
 
+def test_a_launcher_without_mpi4py_is_refused_not_run_as_independent_copies(monkeypatch):
+    monkeypatch.setattr(distributed, "_WORLD", None)
+    monkeypatch.setattr(distributed, "available", lambda: False)
+    monkeypatch.setattr(distributed, "launched", lambda: True)
+    with pytest.raises(distributed.DistributedError, match="mpi4py is not installed"):
+        distributed.init()
+
+
+def test_require_does_not_accept_a_cached_serial_communicator(monkeypatch):
+    monkeypatch.setattr(distributed, "_WORLD", distributed.Serial())
+    monkeypatch.setattr(distributed, "available", lambda: False)
+    with pytest.raises(distributed.DistributedError, match="install the mpi extra"):
+        distributed.init(require=True)
+
+
 def test_init_without_a_launcher_is_serial_and_require_names_the_extra(monkeypatch):
     monkeypatch.setattr(distributed, "_WORLD", None)
     monkeypatch.setattr(distributed, "launched", lambda: False)

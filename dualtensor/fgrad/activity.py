@@ -90,11 +90,12 @@ def activity_tangents(sampler: Any, k: int, sizes: Sequence[int], rng: Any, *, d
                       shared: bool = False) -> list:
     """The per-block tangent stacks ``(k, batch, n_i)`` that :func:`activity_gradient` draws from
     ``rng`` for blocks whose per-sample output sizes are ``sizes``: the same numbers in the same
-    order (to reproduce its tangents, e.g. one tangent at a time)."""
-    draw = _TangentDraw(sampler, k, rng, xp, batch, shared)
+    order (to reproduce its tangents, e.g. one tangent at a time); ``rng`` may be keyed
+    (:class:`~dualtensor.fgrad.streams.KeyedTangents`), as in training."""
+    draw = _tangent_draw(sampler, k, rng, xp, batch, shared)
     if draw.per_block:
         return [draw(n, dtype) for n in sizes]
-    V = draw(sum(sizes), dtype)
+    V = draw.whole(sum(sizes), dtype)
     offsets = np.cumsum([0, *sizes])
     return [V[:, :, a:b] for a, b in zip(offsets[:-1], offsets[1:])]
 
