@@ -27,7 +27,10 @@ class _Parser(argparse.ArgumentParser):
     """argparse with its errors on one line (no usage block)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        from .distributed import launcher_rank
+
+        once = launcher_rank() in (None, 0)  # every MPI rank parses the same line: rank 0 says it
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n" if once else None)
 
 
 def _number(cast: type, what: str) -> Any:

@@ -29,7 +29,7 @@ import numpy as np
 
 from .backend import get_xp, is_cupy, to_host
 
-__all__ = ["Communicator", "Serial", "MPICommunicator", "init", "available", "launched", "mpiexec", "split_range",
+__all__ = ["Communicator", "Serial", "MPICommunicator", "init", "available", "launched", "launcher_rank", "mpiexec", "split_range",
            "bind_device", "agreed", "abort_on_error", "allreduce_grads", "PeerFailed", "DistributedError"]
 
 
@@ -63,6 +63,15 @@ def mpiexec() -> str | None:
     into the environment), else the first on PATH; None when there is none."""
     here = Path(sys.executable).with_name("mpiexec")
     return str(here) if here.is_file() else shutil.which("mpiexec")
+
+
+def launcher_rank() -> int | None:
+    """This process's rank as the MPI launcher set it in the environment (None outside a launcher),
+    known before MPI is initialised (e.g. to print a command-line error once)."""
+    for v in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        if os.environ.get(v, "").isdigit():
+            return int(os.environ[v])
+    return None
 
 
 def launched() -> bool:

@@ -99,6 +99,10 @@ def test_bad_options_print_one_line_from_one_rank(tmp_path):
     assert p.returncode == 2 and "use --parallel data" in p.stderr and p.stderr.strip().count("\n") == 0
     p, _ = train(tmp_path, "bad3", 2, "--k", "4")
     assert p.returncode == 2 and "has 2 MPI ranks but --parallel none" in p.stderr
+    p, _ = train(tmp_path, "bad4", 2, "--parallel", "rows")  # argparse's own errors: once too
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "invalid choice: 'rows'" in p.stderr
+    p, _ = train(tmp_path, "bad5", 2, "--parallel", "data", "--batch-size", "239")  # 240 samples: a last batch of 1
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "fewer than the 2 ranks" in p.stderr
 
 
 def test_a_diverging_job_stops_on_every_rank_with_one_line(tmp_path):
