@@ -230,12 +230,17 @@ def _estimate(model: Any, loss_fn: Callable, x: Any, y: Any, k: int | None, samp
     rng, own = _split_plan(comm, split, k, rng, B, simulated)
     carried = k if own is None else own[1] - own[0]
     V = tangents if own is None or tangents is None else tangents[own[0]:own[1]]
+    V_all = tangents  # all k tangents, where this rank has them (supplied, or a structured draw)
     draw = None
     if V is None:  # one generator for all blocks (a seed must not restart per block)
         draw = _tangent_draw(sampler, k, rng, xp, B, shared, own)
         if not draw.per_block:  # structured: draw the whole (k, B, n) at once
             probe_sizes, dtype = probe_blocks(blocks, x)  # costs 1/B of a primal forward pass
-            V, draw = draw.whole(sum(probe_sizes), dtype), None
+            if own is not None:  # every rank draws all k anyway (they are coupled): keep them to aggregate
+                V_all = _tangent_draw(sampler, k, rng, xp, B, shared).whole(sum(probe_sizes), dtype)
+                V, draw = V_all[own[0]:own[1]], None
+            else:
+                V, draw = draw.whole(sum(probe_sizes), dtype), None
 
     leaves: dict[int, tuple[str, Any]] = {}       # traced leaf id -> (name, parameter)
     traces, inputs, sizes, shapes, V_parts, sim_leaves = [], [], [], [], [], []
@@ -312,7 +317,7 @@ def _estimate(model: Any, loss_fn: Callable, x: Any, y: Any, k: int | None, samp
             if tangents is None and not shared and is_iid(sampler) and _per_sample(aggregate):
                 est = _rows_estimate(agg, d, V, sizes, own, rng, sampler, k, comm)
             if est is None or return_estimate:  # aggregate all k tangents: regenerate the other ranks' ones
-                V = tangents if tangents is not None else _all_tangents(sampler, k, rng, xp, B, shared, own, V, sizes)
+                V = V_all if V_all is not None else _all_tangents(sampler, k, rng, xp, B, shared, own, V, sizes)
     if est is None:
         est = agg(d, V)  # (B, n): per-sample dl_b/da estimate
     cot = est * (1.0 / B)  # the objective is the batch mean
