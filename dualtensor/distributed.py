@@ -29,8 +29,9 @@ import numpy as np
 
 from .backend import get_xp, is_cupy, to_host
 
-__all__ = ["Communicator", "Serial", "MPICommunicator", "init", "available", "launched", "launcher_rank", "mpiexec", "split_range",
-           "bind_device", "agreed", "abort_on_error", "allreduce_grads", "PeerFailed", "DistributedError"]
+__all__ = ["Communicator", "Serial", "MPICommunicator", "init", "available", "launched", "launcher_rank", "mpiexec",
+           "split_range", "bind_device", "agreed", "abort_on_error", "allreduce_grads", "PeerFailed",
+           "DistributedError"]
 
 
 class DistributedError(RuntimeError):

@@ -19,7 +19,7 @@ Two ways to get the block-local VJPs (``keep``):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from . import aggregators
 from .aggregators import AGGREGATORS, get_aggregator
 from .samplers import as_generator, get_sampler, is_iid, validate_tangents
 from .streams import KeyedTangents, parallel_keys
+
+if TYPE_CHECKING:
+    from ..distributed import Communicator
 
 __all__ = ["ActivityResult", "activity_gradient", "exact_activation_gradients", "activation_sizes",
            "activity_tangents", "draws_per_block"]
@@ -168,7 +171,8 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
                       sampler: Any = "normal", aggregate: Any = "projection", rng: Any = None,
                       shared: bool = False, scale: bool = False, simulated: bool = False, keep: str = "tape",
                       blocks: Sequence[Any] | None = None, tangents: Any = None,
-                      return_estimate: bool = False, comm: Any = None, split: str = "tangents") -> ActivityResult:
+                      return_estimate: bool = False, comm: Communicator | None = None,
+                      split: str = "tangents") -> ActivityResult:
     """Activity-perturbed forward gradient of ``mean_b loss_fn(model(x), y)[b]`` w.r.t. the parameters.
 
     ``loss_fn(logits, y)`` must return per-sample losses of shape (B,) (e.g.

@@ -13,7 +13,7 @@ tangents are ``(k, B, n)`` — independent per problem, or one draw shared by al
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from ..pytree import flatten, unflatten
 from .aggregators import get_aggregator
 from .samplers import get_sampler
 from .streams import KeyedTangents, parallel_keys
+
+if TYPE_CHECKING:
+    from ..distributed import Communicator
 
 __all__ = ["forward_gradient", "simulated_forward_gradient", "tangent_tree", "flatten_params"]
 
@@ -109,7 +112,7 @@ def _check_loss(loss: Any, leaves: list, batched: bool) -> None:
 
 def forward_gradient(f: Callable[[Any], Any], params: Any, k: int = 1, *, sampler: Any = "normal",
                      aggregate: Any = "projection", rng: Any = None, batched: bool = False, shared: bool = False,
-                     return_tangents: bool = False, comm: Any = None, split: str = "tangents",
+                     return_tangents: bool = False, comm: Communicator | None = None, split: str = "tangents",
                      weight: float | None = None) -> tuple:
     """Multi-tangent forward gradient of ``f(params)`` by real forward-mode AD (weight perturbation).
 
@@ -151,7 +154,7 @@ def forward_gradient(f: Callable[[Any], Any], params: Any, k: int = 1, *, sample
 
 def simulated_forward_gradient(f: Callable[[Any], Any], params: Any, k: int = 1, *, sampler: Any = "normal",
                                aggregate: Any = "projection", rng: Any = None, batched: bool = False,
-                               shared: bool = False, return_tangents: bool = False, comm: Any = None,
+                               shared: bool = False, return_tangents: bool = False, comm: Communicator | None = None,
                                split: str = "tangents", weight: float | None = None) -> tuple:
     """The same estimator as :func:`forward_gradient`, computed from the exact gradient.
 

@@ -19,7 +19,7 @@ bit for bit.
 """
 from .build import RandomStreams, build_model, build_optimizer, build_schedule, tangent_generator
 from .callbacks import (Callback, Checkpointer, EarlyStopping, EpochLog, Every, FiniteCheck, MetricsWriter, Plotter,
-                        ProgressBar)
+                        ProgressBar, ReplicaCheck)
 from .config import CHOICES, DEFAULT_LR, MODEL_OPTIONS, RESUME_MUTABLE, ConfigError, TrainConfig
 from .errors import EXIT_DIVERGED, EXIT_OK, EXIT_USAGE, RunInterrupted, TrainingDiverged, exit_status
 from .resume import resume_config
@@ -35,7 +35,7 @@ __all__ = [
     "TrainingDiverged", "RunInterrupted", "RunDir", "RunDirError", "RUN_FILES", "CHOICES", "DEFAULT_LR",
     "MODEL_OPTIONS", "RESUME_MUTABLE", "EXIT_OK", "EXIT_USAGE", "EXIT_DIVERGED", "exit_status", "train_epoch",
     "evaluate", "EpochStats", "make_step", "StepOutput", "build_model", "build_optimizer", "build_schedule",
-    "tangent_generator", "RandomStreams", "load_data", "Callback", "Every", "FiniteCheck", "EarlyStopping",
+    "tangent_generator", "RandomStreams", "load_data", "Callback", "Every", "FiniteCheck", "ReplicaCheck", "EarlyStopping",
     "MetricsWriter", "Checkpointer", "ProgressBar", "EpochLog", "Plotter", "default_callbacks",
     "interrupt_on_signals", "deferred",
 ]

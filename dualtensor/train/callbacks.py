@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from .loop import EpochStats
     from .steps import StepOutput
 
-__all__ = ["Callback", "Every", "FiniteCheck", "ReplicaCheck", "EarlyStopping", "MetricsWriter", "Checkpointer", "ProgressBar",
-           "EpochLog", "Plotter"]
+__all__ = ["Callback", "Every", "FiniteCheck", "ReplicaCheck", "EarlyStopping", "MetricsWriter", "Checkpointer",
+           "ProgressBar", "EpochLog", "Plotter"]
 
 
 class Every:

@@ -7,10 +7,13 @@ batches), a gradient (or gradient estimate) for every parameter, and the logits 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .build import RandomStreams, model_blocks
 from .config import TrainConfig
+
+if TYPE_CHECKING:
+    from ..distributed import Communicator
 
 __all__ = ["StepOutput", "Step", "make_step"]
 
@@ -28,7 +31,7 @@ class StepOutput(NamedTuple):
 Step = Callable[[Any, Any], StepOutput]
 
 
-def make_step(model: Any, config: TrainConfig, tangents: Any, comm: Any = None) -> Step:
+def make_step(model: Any, config: TrainConfig, tangents: Any, comm: Communicator | None = None) -> Step:
     """The step of ``config.grad`` (backprop, forward, simulated) and ``config.perturb`` (activity,
     weight) for ``model``; forward gradients draw their tangents from ``tangents``: a generator, or
     the run's :class:`RandomStreams` (keyed tangents, one set per step). With ``config.parallel``
