@@ -12,7 +12,8 @@ from .samplers import SAMPLERS, get_sampler, register_sampler, validate_tangents
 from .streams import KeyedTangents
 from .weight import forward_gradient, simulated_forward_gradient, tangent_tree
 
-__all__ = ["activity", "ActivityResult", "streams", "KeyedTangents", "activity_gradient", "aggregators", "diagnostics", "samplers", "weight", "AGGREGATORS", "get_aggregator",
+__all__ = ["activity", "ActivityResult", "streams", "KeyedTangents", "activity_gradient", "aggregators",
+           "diagnostics", "samplers", "weight", "AGGREGATORS", "get_aggregator",
            "register_aggregator", "SAMPLERS", "get_sampler", "register_sampler", "validate_tangents",
            "angle_degrees", "compare", "cosine_similarity", "norm_ratio", "forward_gradient",
            "simulated_forward_gradient", "tangent_tree"]

@@ -192,11 +192,14 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
     function of seed, step, tangent, block and sample). With ``comm`` (a :mod:`dualtensor.distributed`
     communicator of P ranks, a keyed ``rng`` or a seed, the same arguments on every rank):
     ``split="tangents"``: each rank carries its share of the k tangents through the forward pass,
-    the (k, B) directional derivatives are gathered, every rank regenerates all tangents and
-    computes the same estimate; ``split="data"``: ``x``, ``y`` are this rank's shard of the batch
-    (the tangents are those of its rows of the global batch), and the loss and gradients are
-    summed over the ranks weighted by shard size (one Allreduce), so every rank gets the
-    gradient of the global batch mean (``d`` and ``estimate`` stay per shard).
+    the (k, B) directional derivatives are gathered and every rank gets the same estimate (with
+    the library's aggregators and i.i.d. per-sample tangents each rank aggregates its B/P samples,
+    drawing the other ranks' tangents for those rows only, and one Allgather joins the (B, n)
+    estimate; otherwise every rank draws all k tangents and aggregates them all);
+    ``split="data"``: ``x``, ``y`` are this rank's shard of the batch (the tangents are those of
+    its rows of the global batch), and the loss and gradients are summed over the ranks weighted
+    by shard size (one Allreduce), so every rank gets the gradient of the global batch mean
+    (``d`` and ``estimate`` stay per shard).
     Returns an :class:`ActivityResult`; ``grads`` is keyed by parameter
     name (every parameter of the blocks; a parameter used by several blocks gets the sum).
     """
@@ -382,10 +385,9 @@ def _rows_estimate(agg: Any, d: Any, V_own: Any, sizes: list, own: tuple[int, in
 
 def _all_tangents(sampler: Any, k: int, rng: Any, xp: Any, B: int, shared: bool, own: tuple[int, int], V_own: Any,
                   sizes: list) -> Any:
-    """All k tangents (k, B, n) around this rank's ``V_own`` (tangents ``own``), the others drawn again."""
+    """All k tangents (k, B, n) around this rank's ``V_own`` (tangents ``own``), the others drawn
+    again (i.i.d. samplers: a structured draw is kept whole where it is made)."""
     dtype = V_own.dtype
-    if not is_iid(sampler):
-        return _tangent_draw(sampler, k, rng, xp, B, shared).whole(sum(sizes), dtype)
     lo, hi = own
     before = _tangent_draw(sampler, k, rng, xp, B, shared, (0, lo))
     after = _tangent_draw(sampler, k, rng, xp, B, shared, (hi, k))

@@ -90,7 +90,7 @@ def _no_batched(comm: Any, batched: bool) -> None:
         raise ValueError("forward_gradient: batched=True problems cannot be split over ranks")
 
 
-def _gather(comm: Any, split: str, loss: Any, d: Any, weight: float | None, xp: Any) -> tuple[Any, Any]:
+def _gather(comm: Any, split: str, loss: Any, d: Any, weight: float | None) -> tuple[Any, Any]:
     """The global loss and directional derivatives from this rank's: gathered over the tangents
     (``split="tangents"``), or for ``split="data"`` the ``weight``-ed sum over the ranks' shards
     (one Allreduce of k + 1 numbers)."""
@@ -98,9 +98,8 @@ def _gather(comm: Any, split: str, loss: Any, d: Any, weight: float | None, xp: 
         return loss, d
     if split == "tangents":
         return loss, comm.allgather(d)
-    w = 1.0 / comm.size if weight is None else float(weight)
-    buf = comm.allreduce(xp.concatenate([xp.reshape(loss, (1,)).astype(d.dtype), d]) * d.dtype.type(w))
-    return buf[0], buf[1:]
+    loss, d = comm.allreduce_many([loss, d], 1.0 / comm.size if weight is None else float(weight))
+    return loss, d
 
 
 def _check_loss(loss: Any, leaves: list, batched: bool) -> None:
@@ -146,7 +145,7 @@ def forward_gradient(f: Callable[[Any], Any], params: Any, k: int = 1, *, sample
     tangents = _split(carried, leaves, 1, batched)
     loss, d = jvp(lambda *ls: f(unflatten(treedef, list(ls))), tuple(leaves), tuple(tangents))
     _check_loss(loss, leaves, batched)
-    loss, d = _gather(comm, split, loss, d, weight, xp)
+    loss, d = _gather(comm, split, loss, d, weight)
     g = get_aggregator(aggregate)(d, V)
     grads = unflatten(treedef, _split(g, leaves, 0, batched))
     return (loss, grads, d, V) if return_tangents else (loss, grads, d)
@@ -181,7 +180,7 @@ def simulated_forward_gradient(f: Callable[[Any], Any], params: Any, k: int = 1,
         grad = xp.concatenate([g.reshape(-1) for g in gl])
         d = V @ grad
     if split == "data":
-        loss, d = _gather(comm, split, loss, d, weight, xp)
+        loss, d = _gather(comm, split, loss, d, weight)
     g = get_aggregator(aggregate)(d, V)
     grads = unflatten(treedef, _split(g, leaves, 0, batched))
     return (loss, grads, d, V) if return_tangents else (loss, grads, d)

@@ -35,7 +35,7 @@ __all__ = [
     "TrainingDiverged", "RunInterrupted", "RunDir", "RunDirError", "RUN_FILES", "CHOICES", "DEFAULT_LR",
     "MODEL_OPTIONS", "RESUME_MUTABLE", "EXIT_OK", "EXIT_USAGE", "EXIT_DIVERGED", "exit_status", "train_epoch",
     "evaluate", "EpochStats", "make_step", "StepOutput", "build_model", "build_optimizer", "build_schedule",
-    "tangent_generator", "RandomStreams", "load_data", "Callback", "Every", "FiniteCheck", "ReplicaCheck", "EarlyStopping",
-    "MetricsWriter", "Checkpointer", "ProgressBar", "EpochLog", "Plotter", "default_callbacks",
+    "tangent_generator", "RandomStreams", "load_data", "Callback", "Every", "FiniteCheck", "ReplicaCheck",
+    "EarlyStopping", "MetricsWriter", "Checkpointer", "ProgressBar", "EpochLog", "Plotter", "default_callbacks",
     "interrupt_on_signals", "deferred",
 ]
