@@ -101,6 +101,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="varying_length tangents: lengths spread over [1, L] (L >= 1)")
     g.add_argument("--shared-tangents", action="store_true",
                    help="activity perturbation: one tangent draw shared by all samples of a batch")
+    choice("estimator", "activity perturbation: per-sample (a tangent, a directional derivative and an estimate "
+                        "per sample) or batch (the paper's reference code: tangents shared by the batch, the "
+                        "batch-mean loss's directional derivative, one estimate for every sample; its learning "
+                        "rates are about 1/batch of per-sample's)")
     choice("keep", "activity perturbation: keep block intermediates on a tape or recompute them")
 
     g = p.add_argument_group("optimisation")

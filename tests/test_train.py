@@ -395,6 +395,8 @@ def test_load_checkpoint_errors(tmp_path):
     (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
     (["--optimizer", "adam", "--momentum", "0.9"], "--momentum applies to sgd only"),
     (["--cone-alpha", "0.5"], "--cone-alpha applies to --tangents cone only"),
+    (["--estimator", "batch", "--perturb", "weight"], "--estimator batch applies to activity perturbation only"),
+    (["--estimator", "batch", "--grad", "backprop"], "--estimator batch applies to activity perturbation only"),
     (["--batch-size", "5000"], "--batch-size 5000 exceeds the 1258 training samples"),
     (["--model", "vit", "--patch-size", "3"], "--patch-size 3 does not divide the image size 8"),
     (["--model", "resnet18", "--depth", "3"], "--depth applies to --model mlp or vit only"),

@@ -18,6 +18,7 @@ Two ways to get the block-local VJPs (``keep``):
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -36,7 +37,14 @@ if TYPE_CHECKING:
     from ..distributed import Communicator
 
 __all__ = ["ActivityResult", "activity_gradient", "exact_activation_gradients", "activation_sizes",
-           "activity_tangents", "draws_per_block"]
+           "activity_tangents", "draws_per_block", "ESTIMATORS", "BatchNormCouplingWarning"]
+
+#: activity perturbation's estimators (see :func:`activity_gradient`)
+ESTIMATORS = ("per-sample", "batch")
+
+
+class BatchNormCouplingWarning(UserWarning):
+    """Per-sample activity perturbation met a train-mode batch norm downstream of an injection."""
 
 def draws_per_block(sampler: Any) -> bool:
     """True for i.i.d. samplers (normal, rademacher): drawing each block's part separately is the same
@@ -172,7 +180,7 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
                       shared: bool = False, scale: bool = False, simulated: bool = False, keep: str = "tape",
                       blocks: Sequence[Any] | None = None, tangents: Any = None,
                       return_estimate: bool = False, comm: Communicator | None = None,
-                      split: str = "tangents") -> ActivityResult:
+                      split: str = "tangents", estimator: str = "per-sample") -> ActivityResult:
     """Activity-perturbed forward gradient of ``mean_b loss_fn(model(x), y)[b]`` w.r.t. the parameters.
 
     ``loss_fn(logits, y)`` must return per-sample losses of shape (B,) (e.g.
@@ -200,11 +208,29 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
     its rows of the global batch), and the loss and gradients are summed over the ranks weighted
     by shard size (one Allreduce), so every rank gets the gradient of the global batch mean
     (``d`` and ``estimate`` stay per shard).
+    ``estimator``: ``"per-sample"`` (the default: a tangent per sample, per-sample directional
+    derivatives and aggregation, block cotangent ``estimate_b / B``) or ``"batch"`` (the estimator
+    of Flügel et al.'s reference code: the k tangents are shared by the batch, ``d`` is the
+    directional derivative of the batch-mean loss, ``mean_b d[:, b]``, one estimate ê of the
+    gradient w.r.t. the shared activation is aggregated from it and every sample's block
+    cotangent is ê, so a block's gradient is ``sum_b J_b^T ê``; B times the scale of the mean
+    objective, as in that code, so its learning rates apply; ``estimate`` is then (1, n)).
+    In train mode batch norm couples the samples: ``batch`` is then exact for both real and
+    simulated directional derivatives, while ``per-sample``'s real ``d[j, b]`` also holds the
+    effect of the other samples' tangents on sample b's loss, which its simulated ``V · g`` does
+    not (a :class:`BatchNormCouplingWarning` says so).
     Returns an :class:`ActivityResult`; ``grads`` is keyed by parameter
     name (every parameter of the blocks; a parameter used by several blocks gets the sum).
     """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"activity_gradient: estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+    if estimator == "batch":
+        if tangents is not None and tangents.shape[1] != 1 and bool(get_xp(tangents).any(tangents != tangents[:, :1])):
+            raise ValueError("activity_gradient: estimator='batch' shares each tangent across the batch; the "
+                             "supplied tangents differ between samples")
+        shared = True
     res, weight = _estimate(model, loss_fn, x, y, k, sampler, aggregate, rng, shared, scale, simulated, keep, blocks,
-                            tangents, return_estimate, comm, split)
+                            tangents, return_estimate, comm, split, estimator)
     if split == "data" and comm is not None and comm.size > 1:  # after the step's temporaries are gone
         from ..distributed import allreduce_grads
 
@@ -214,13 +240,15 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
 
 def _estimate(model: Any, loss_fn: Callable, x: Any, y: Any, k: int | None, sampler: Any, aggregate: Any, rng: Any,
               shared: bool, scale: bool, simulated: bool, keep: str, blocks: Sequence[Any] | None, tangents: Any,
-              return_estimate: bool, comm: Any, split: str) -> tuple[ActivityResult, float]:
+              return_estimate: bool, comm: Any, split: str, estimator: str) -> tuple[ActivityResult, float]:
     """This rank's estimate and its weight in the sum over the ranks (its share of the batch)."""
     if keep not in ("tape", "recompute"):
         raise ValueError(f"activity_gradient: keep must be 'tape' or 'recompute', got {keep!r}")
     blocks = list(model.blocks() if blocks is None else blocks)
     if not blocks:
         raise ValueError("activity_gradient: the model has no blocks to perturb")
+    if estimator == "per-sample":
+        _warn_batch_norm(blocks)
     names = {id(p): n for n, p in model.named_parameters()}
     xp = get_xp(x)
     B = x.shape[0]
@@ -321,13 +349,23 @@ def _estimate(model: Any, loss_fn: Callable, x: Any, y: Any, k: int | None, samp
         d = per_sample.tangent_array()
         if own is not None:
             d = comm.allgather(d)  # (k, B): every rank's directional derivatives
-            if tangents is None and not shared and is_iid(sampler) and _per_sample(aggregate):
+            if tangents is None and not shared and is_iid(sampler) and _per_sample(aggregate):  # (not batch)
                 est = _rows_estimate(agg, d, V, sizes, own, rng, sampler, k, comm)
             if est is None or return_estimate:  # aggregate all k tangents: regenerate the other ranks' ones
                 V = V_all if V_all is not None else _all_tangents(sampler, k, rng, xp, B, shared, own, V, sizes)
-    if est is None:
-        est = agg(d, V)  # (B, n): per-sample dl_b/da estimate
-    cot = est * (1.0 / B)  # the objective is the batch mean
+    first, end, total = rng.row_range if split == "data" and isinstance(rng, KeyedTangents) and rng.row_range \
+        else (0, B, B)
+    if estimator == "batch":
+        d_mean = d.mean(axis=1)
+        if total != B:  # data split: the mean over the global batch (k numbers summed over the ranks)
+            d_mean = comm.allreduce(d.sum(axis=1)) * (1.0 / total)
+        est = agg(d_mean[:, None], V[:, :1])  # (1, n): the shared activation's gradient of the mean loss
+        # every sample's cotangent is ê; scaled by total/B so the shard-weighted sum over the ranks is the sum
+        cot = xp.broadcast_to(est * (total / B) if total != B else est, (B, est.shape[1]))
+    else:
+        if est is None:
+            est = agg(d, V)  # (B, n): per-sample dl_b/da estimate
+        cot = est * (1.0 / B)  # the objective is the batch mean
 
     grads: dict[str, Any] = {}
 
@@ -366,10 +404,22 @@ def _estimate(model: Any, loss_fn: Callable, x: Any, y: Any, k: int | None, samp
                 _restore(block, now)
             for (n, p), g in zip(params, fn(c.astype(out_value.dtype, copy=False))):
                 add(names.get(id(p), n), g)
-    first, end, total = rng.row_range if split == "data" and isinstance(rng, KeyedTangents) and rng.row_range \
-        else (0, B, B)
     return ActivityResult(loss, grads, d, sizes, est if return_estimate else None,
                           V if return_estimate else None), (end - first) / total
+
+
+def _warn_batch_norm(blocks: Sequence[Any]) -> None:
+    """Warn when a train-mode batch norm sits downstream of an injection (in a block after the first)."""
+    from ..nn.layers import BatchNorm2d
+
+    for i, block in enumerate(blocks[1:], start=2):
+        if any(isinstance(m, BatchNorm2d) and m.training for m in block.modules()):
+            warnings.warn(f"activity_gradient: block {i} holds a train-mode batch norm, which couples the samples: "
+                          "per-sample activity perturbation's real directional derivatives then include the other "
+                          "samples' tangents (not what its simulated estimate computes); use estimator='batch' "
+                          "(--estimator batch), or eval-mode batch norm, for an exact match",
+                          BatchNormCouplingWarning, stacklevel=4)
+            return
 
 
 def _rows_estimate(agg: Any, d: Any, V_own: Any, sizes: list, own: tuple[int, int], rng: Any, sampler: Any, k: int,

@@ -63,6 +63,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": tuple(_data.DATASETS),
     "grad": ("backprop", "forward", "simulated"),
     "perturb": ("activity", "weight"),
+    "estimator": tuple(fgrad.ESTIMATORS),
     "aggregate": tuple(fgrad.AGGREGATORS),
     "tangents": tuple(fgrad.SAMPLERS),
     "keep": ("tape", "recompute"),
@@ -141,6 +142,7 @@ class TrainConfig:
     cone_alpha: float | None = None
     tangent_length: float | None = None
     shared_tangents: bool = False
+    estimator: str = "per-sample"
     keep: str = "tape"
     # optimisation
     optimizer: str = "sgd"
@@ -286,6 +288,9 @@ class TrainConfig:
                                   f"--heads {self.heads}")
 
     def _check_gradient_options(self) -> None:
+        if self.estimator != "per-sample" and (self.grad == "backprop" or self.perturb != "activity"):
+            raise ConfigError(f"--estimator {self.estimator} applies to activity perturbation only "
+                              "(--grad forward or simulated, --perturb activity)")
         for name, sampler, param in (("cone_alpha", "cone", "alpha"), ("tangent_length", "varying_length", "L")):
             value = getattr(self, name)
             if value is None:

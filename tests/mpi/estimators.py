@@ -45,6 +45,14 @@ for k in (3, 4):  # 3: an uneven split
                 close(tag + " data", one.grads, dp.grads)
                 close(tag + " data loss", one.loss, dp.loss)
                 close(tag + " data d", one.d[:, lo:hi], dp.d)
+        for simulated in (False, True):  # the paper's batch-shared estimator
+            kw = dict(k=k, rng=KeyedTangents(7, k), sampler=sampler, estimator="batch", simulated=simulated)
+            one = activity_gradient(model, loss, x, y, **kw)
+            dp = activity_gradient(model, loss, x[lo:hi], y[lo:hi], comm=comm, split="data", **kw)
+            tag = f"activity batch estimator k={k} {sampler} simulated={simulated}"
+            if not simulated:
+                close(tag + " tangents", one.grads, activity_gradient(model, loss, x, y, comm=comm, **kw).grads)
+            close(tag + " data", one.grads, dp.grads)
     whole = lambda P: F.cross_entropy(functional_call(model, P, x), y)  # noqa: E731
     shard = lambda P: F.cross_entropy(functional_call(model, P, x[lo:hi]), y[lo:hi])  # noqa: E731
     for sampler in ("normal", "orthonormal"):
