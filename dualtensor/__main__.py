@@ -1,6 +1,7 @@
-"""Command line: ``python -m dualtensor train [options]`` (also the ``dualtensor`` console script).
+"""Command line: ``python -m dualtensor train|sweep|report [options]`` (also the ``dualtensor`` script).
 
-A thin layer over :func:`dualtensor.train.fit`: it parses the options, builds the
+``sweep`` and ``report`` are :mod:`dualtensor.sweep.cli` and :mod:`dualtensor.report`. ``train`` is
+a thin layer over :func:`dualtensor.train.fit`: it parses the options, builds the
 :class:`~dualtensor.train.TrainConfig` and maps the outcome to the exit status: 0 done, 2 a user
 error (one line naming the problem), 3 diverged (the last good checkpoint is kept), 130/143
 interrupted by SIGINT/SIGTERM (resumable).
@@ -47,9 +48,10 @@ _int = _number(int, "an integer")
 _float = _number(float, "a number")
 
 
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
+def add_train_arguments(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     """The options of ``train``: one per :class:`dualtensor.train.TrainConfig` field, plus the modes
-    ``--resume`` and ``--overwrite``. Only options given on the command line reach the namespace."""
+    ``--resume`` and ``--overwrite``. Only options given on the command line reach the namespace.
+    ``sweep``: the subset a sweep's trials take (no ``--lr``, which it searches, nor the run modes)."""
     from .train import CHOICES, DEFAULT_LR, MODEL_OPTIONS, RESUME_MUTABLE, TrainConfig
     from .data import get_spec
     from .train.config import EXP_GAMMA, STEP_EVERY_FRACTION, STEP_GAMMA, option
@@ -109,10 +111,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("optimisation")
     choice("optimizer", "optimizer")
-    g.add_argument("--lr", type=_float,
-                   help="learning rate (default by gradient and optimizer: "
-                        + ", ".join(f"{g_}/{o}={v:g}" for (g_, o), v in DEFAULT_LR.items() if o != "adamw")
-                        + "); may change on --resume (recorded)")
+    if not sweep:
+        g.add_argument("--lr", type=_float,
+                       help="learning rate (default by gradient and optimizer: "
+                            + ", ".join(f"{g_}/{o}={v:g}" for (g_, o), v in DEFAULT_LR.items() if o != "adamw")
+                            + "); may change on --resume (recorded)")
     g.add_argument("--momentum", type=_float, help=f"sgd momentum (default: {d.momentum})")
     g.add_argument("--weight-decay", type=_float, help=f"(default: {d.weight_decay})")
     choice("schedule", "per-epoch learning-rate schedule")
@@ -132,6 +135,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--early-stopping", type=_int, metavar="N",
                    help="stop after N epochs without a better value of the --monitor metric")
     choice("monitor", "validation metric that picks the best epoch and drives early stopping")
+    g.add_argument("--track-test", action="store_true",
+                   help="also evaluate the test set after every epoch (test_loss, test_acc in the metrics, for "
+                        "test curves; the best epoch is still chosen on validation)")
 
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=_int, help=f"(default: {d.seed})")
@@ -142,16 +148,22 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep freed large arrays in the process heap (glibc; dualtensor.allocator.heap_arrays): "
                         "1.4-2x faster k = 16 CNN steps here, 0.8-1.3x on other steps")
     choice("dtype", "")
-    g.add_argument("--out", help="run folder (default: runs/<time>-<dataset>-<model>-<grad>); dualtensor writes "
-                                 "only into folders it made or empty ones")
-    g.add_argument("--init-from", metavar="RUN", help="start a new run from the weights of RUN's last.npz (or of "
-                                                      "a checkpoint file), e.g. after a divergence")
-    g.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last.npz; only "
-                        + ", ".join(option(k) for k in sorted(RESUME_MUTABLE)) + " may change")
-    g.add_argument("--overwrite", action="store_true", help="delete the files of the run in --out and start afresh")
-    g.add_argument("--plot", action="store_true", help="write curves.png (needs matplotlib)")
-    g.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    if sweep:
+        g.add_argument("--out", help="sweep folder (default: sweeps/<time>-<dataset>-<model>-<grad>, or "
+                                     "sweeps/<preset>); run the same command again to continue it")
+        g.add_argument("--quiet", action="store_true", help="no progress bar or per-trial lines")
+    else:
+        g.add_argument("--out", help="run folder (default: runs/<time>-<dataset>-<model>-<grad>); dualtensor "
+                                     "writes only into folders it made or empty ones")
+        g.add_argument("--init-from", metavar="RUN", help="start a new run from the weights of RUN's last.npz (or "
+                                                          "of a checkpoint file), e.g. after a divergence")
+        g.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its last.npz; only "
+                            + ", ".join(option(k) for k in sorted(RESUME_MUTABLE)) + " may change")
+        g.add_argument("--overwrite", action="store_true",
+                       help="delete the files of the run in --out and start afresh")
+        g.add_argument("--plot", action="store_true", help="write curves.png (needs matplotlib)")
+        g.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
     g = p.add_argument_group("scale-out (start with mpiexec -n P or srun; needs the mpi extra)")
     choice("parallel", "split each step's k tangents (forward gradients) or its batch over the MPI ranks; rank 0 "
@@ -174,6 +186,22 @@ def build_parser() -> argparse.ArgumentParser:
                                    "metrics, checkpoints and a summary into --out. Exit status: 0 done, 2 user "
                                    "error, 3 diverged, 130/143 interrupted.")
     add_train_arguments(t)
+    from .sweep.cli import add_sweep_arguments
+    from .report import add_report_arguments
+
+    w = sub.add_parser("sweep", argument_default=argparse.SUPPRESS, prog="dualtensor sweep",
+                       help="search the learning rate (Optuna), then train seeds at the best one",
+                       description="An Optuna study over the learning rate (and --search ranges) of training runs "
+                                   "with the options of train, then --seeds runs at the best values; SQLite in the "
+                                   "sweep folder unless --storage. Run the same command again to continue. Exit "
+                                   "status: 0 done, 2 user error, 130/143 interrupted.")
+    add_train_arguments(w, sweep=True)
+    add_sweep_arguments(w)
+    r = sub.add_parser("report", prog="dualtensor report", help="tables (Markdown, CSV) and plots of runs and sweeps",
+                       description="Collect the runs and sweeps under DIR... into Table I's shape: rows gradient/k/"
+                                   "aggregator/estimator, columns model/dataset, cells the best test error mean "
+                                   "+- std over seeds, with the chosen lr and epochs.")
+    add_report_arguments(r)
     return parser
 
 
@@ -271,7 +299,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help / --version (0) or a usage error (2, message already printed)
         return int(e.code or 0)
     options = vars(ns)
-    options.pop("command")
+    command = options.pop("command")
+    if command == "sweep":
+        from .sweep.cli import run_sweep_command
+
+        return run_sweep_command(options)
+    if command == "report":
+        from .report import run_report_command
+
+        return run_report_command(options)
     return run_train(options)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 __all__ = ["FIELDS", "history_csv", "history_jsonl", "read_jsonl", "history_png", "clean_json"]
 
 #: the columns of ``metrics.csv`` (and the keys of each ``metrics.jsonl`` record), in order
-FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "steps", "time", "eval_time",
+FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "steps", "time", "eval_time",
           "elapsed")
 
 

@@ -161,6 +161,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     early_stopping: int | None = None
     monitor: str = "val_acc"
+    track_test: bool = False
     # run
     seed: int = 0
     device: str = "cpu"

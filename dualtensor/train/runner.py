@@ -280,9 +280,11 @@ def _execute(run: Run, callbacks: list[Callback]) -> FitResult:
                 average_buffers(run.model, run.comm)
             t0 = time.perf_counter()
             val_loss, val_acc = evaluate(run.model, *run.data["val"], run.config.eval_batch_size)
+            test_loss, test_acc = (evaluate(run.model, *run.data["test"], run.config.eval_batch_size)
+                                   if run.config.track_test else (None, None))
             row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "val_loss": val_loss,
-                   "val_acc": val_acc, "lr": lr, "steps": stats.steps, "time": stats.time,
-                   "eval_time": time.perf_counter() - t0, "elapsed": None}
+                   "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc, "lr": lr, "steps": stats.steps,
+                   "time": stats.time, "eval_time": time.perf_counter() - t0, "elapsed": None}
             each("on_validation_end", row)
             with deferred():  # the epoch's record, metrics and checkpoints are kept whole
                 improved = run.end_epoch(row, stats.steps, stats.seen, stats.time)

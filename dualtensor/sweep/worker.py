@@ -1,0 +1,228 @@
+"""Running a sweep: worker processes take trials from the study, then the final seed runs."""
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+from ..train import TrainingDiverged, fit
+from ..train.rundir import RunDirError
+from .config import SweepConfig
+from .folder import SweepDir
+from .study import (TrialInUse, counts, load_summary, open_study, reclaim, run_mode_of, run_trial, wait_for)
+
+__all__ = ["run_sweep", "work", "best_values", "seed_list", "Progress"]
+
+_OPEN = ("RUNNING", "WAITING")
+
+
+def seed_list(config: SweepConfig) -> list[int]:
+    """The final runs' seeds: the ``seeds`` seeds after the search's (``seed + 1`` ...)."""
+    return [config.train.seed + 1 + i for i in range(config.seeds)]
+
+
+def best_values(study: Any) -> tuple[dict, Any]:
+    """The best complete trial's values (lr and searched options) and the trial."""
+    best = study.best_trial
+    return dict(best.params), best
+
+
+def _search(study: Any, config: SweepConfig, folder: SweepDir, progress: "Progress | None") -> None:
+    """Run trials until the study holds ``trials`` finished or running ones (queued ones first)."""
+    done = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
+    callbacks = [lambda s, t: progress.update(s)] if progress is not None else []
+    while True:
+        reclaim(study, folder)
+        c = counts(study)
+        if not c.get("WAITING") and sum(c.get(s, 0) for s in done) >= config.trials:
+            return
+        study.optimize(lambda t: run_trial(t, config, folder), n_trials=1, catch=(TrialInUse,),
+                       callbacks=callbacks, gc_after_trial=False)
+
+
+def _final_runs(study: Any, config: SweepConfig, folder: SweepDir, progress: "Progress | None") -> None:
+    """The seed runs at the best values (each one by whichever worker takes its folder first)."""
+    values, _ = best_values(study)
+    for seed in seed_list(config):
+        out = folder.seed_dir(seed)
+        summary = load_summary(out)
+        if summary is not None and summary.get("status") in ("completed", "early_stopped", "diverged"):
+            continue
+        run = config.train.replace(**values, seed=seed, out=str(out), quiet=True, plot=False)
+        mode = run_mode_of(out)
+        try:
+            fit(run, resume=mode == "resume", overwrite=mode == "overwrite")
+        except RunDirError as e:  # another worker took this seed first
+            if "in use by another run" not in str(e) and "already holds a run" not in str(e):
+                raise
+        except TrainingDiverged:
+            pass  # recorded in its summary (status diverged); the report shows it
+        if progress is not None:
+            progress.update(study)
+
+
+def work(config: SweepConfig, index: int = 0, progress: "Progress | None" = None) -> None:
+    """One worker: trials until the budget is spent, then the seed runs. Any number of workers, on
+    any machines sharing the storage, may run this at once."""
+    folder = SweepDir(config.folder)
+    folder.hold_worker_lock()
+    seed = config.train.seed * 1000 + index  # each worker (and each restart) samples its own proposals
+    study = open_study(config, sampler_seed=(seed * 7919 + len(open_study(config).trials)) % 2**31)
+    while True:
+        _search(study, config, folder, progress)
+        wait_for(study, ("RUNNING",), folder)  # the best trial is known once no trial runs
+        if not counts(study).get("WAITING"):
+            break
+    if config.seeds and counts(study).get("COMPLETE"):
+        _final_runs(study, config, folder, progress)
+
+
+def _worker_main(config: dict, index: int, parent: int) -> None:
+    """Entry of a worker process (``--workers N``): quiet, and gone when the parent is."""
+    from ..train import interrupt_on_signals
+
+    def watch() -> None:  # a parent killed with SIGKILL cannot stop us: notice it and stop ourselves
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.kill(os.getpid(), 15)
+
+    threading.Thread(target=watch, daemon=True).start()
+    with interrupt_on_signals():
+        try:
+            work(SweepConfig.from_dict(config), index)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+
+class Progress:
+    """One line per finished trial or seed run, and a bar over the whole sweep (trials + seeds)."""
+
+    def __init__(self, config: SweepConfig, folder: SweepDir, quiet: bool = False):
+        from tqdm import tqdm
+
+        self.config, self.folder, self.quiet = config, folder, quiet
+        self.seen: set = set()
+        self.bar = None if quiet else tqdm(total=config.trials + config.seeds, desc="sweep", unit="run",
+                                           dynamic_ncols=True, file=sys.stderr)
+
+    def line(self, text: str) -> None:
+        if self.quiet:
+            return
+        from tqdm import tqdm
+
+        tqdm.write(text)
+
+    def update(self, study: Any) -> None:
+        """Report what finished since the last call."""
+        for t in study.get_trials(deepcopy=False):
+            key = ("trial", t.number)
+            if key in self.seen or t.state.name not in ("COMPLETE", "PRUNED"):
+                continue
+            self.seen.add(key)
+            a = t.user_attrs
+            what = (f"val_acc {t.value:.4f}" if t.state.name == "COMPLETE" else "pruned") + \
+                   (" (diverged)" if a.get("status") == "diverged" else "")
+            extra = "".join(f" {k}={v}" for k, v in t.params.items() if k != "lr")
+            if a.get("resumes") is not None:
+                extra += f" (continues trial {a['resumes']})"
+            self.line(f"trial {t.number}: lr={t.params['lr']:.3g}{extra} {what}, {a.get('epochs')} epochs")
+            self._tick()
+        for seed in seed_list(self.config):
+            key = ("seed", seed)
+            s = load_summary(self.folder.seed_dir(seed))
+            if key in self.seen or s is None or s.get("status") == "interrupted":
+                continue
+            self.seen.add(key)
+            acc = s.get("test_acc")
+            self.line(f"seed {seed}: " + (f"test_acc {acc:.4f}" if acc is not None else s.get("status", "")) +
+                      f", best epoch {s.get('best_epoch')} of {s.get('epochs_run')}")
+            self._tick()
+
+    def _tick(self) -> None:
+        if self.bar is not None:
+            self.bar.update(min(1, self.bar.total - self.bar.n))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_sweep(config: SweepConfig, quiet: bool = False) -> dict:
+    """Run (or continue) the sweep ``config`` describes and return its result (also ``sweep.json``).
+
+    ``workers`` > 1 starts that many local worker processes (BLAS threads split between them unless
+    ``train.threads`` is set); the study may be shared with workers elsewhere (``storage``)."""
+    config.validate()
+    folder = SweepDir.open(config)
+    progress = Progress(config, folder, quiet)
+    try:
+        if config.workers == 1:
+            progress.update(open_study(config))
+            work(config, 0, progress)
+        else:
+            _run_workers(config, progress)
+        study = open_study(config)
+        progress.update(study)
+    finally:
+        progress.close()
+    return _result(config, folder, study)
+
+
+def _run_workers(config: SweepConfig, progress: Progress) -> None:
+    threads = config.train.threads or max(1, (os.cpu_count() or 1) // config.workers)
+    spec = SweepConfig(**{**config.__dict__, "train": config.train.replace(threads=threads)}).to_dict()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker_main, args=(spec, i, os.getpid()), daemon=True)
+             for i in range(config.workers)]
+    for p in procs:
+        p.start()
+    study = open_study(config)
+    try:
+        while any(p.is_alive() for p in procs):
+            progress.update(study)
+            time.sleep(1)
+    except KeyboardInterrupt:
+        for p in procs:
+            p.join(30)
+        raise
+    bad = [p.exitcode for p in procs if p.exitcode]
+    if bad:
+        from .config import SweepError
+
+        raise SweepError(f"{len(bad)} of {config.workers} workers failed (exit {bad[0]}); run the same command "
+                         "again to continue the sweep")
+
+
+def _result(config: SweepConfig, folder: SweepDir, study: Any) -> dict:
+    """The sweep's outcome: the trials, the best values, the seed runs and their mean test accuracy."""
+    trials = [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+               "epochs": t.user_attrs.get("epochs"), "status": t.user_attrs.get("status"),
+               "run_dir": t.user_attrs.get("run_dir"), "worker": t.user_attrs.get("worker")}
+              for t in study.get_trials(deepcopy=False)]
+    c = counts(study)
+    result: dict = {"sweep": config.to_dict(), "study": config.study_name, "counts": c, "trials": trials}
+    if c.get("COMPLETE"):
+        values, best = best_values(study)
+        result.update(best_trial=best.number, best_val_acc=best.value, best=values)
+    seeds = []
+    for seed in seed_list(config):
+        s = load_summary(folder.seed_dir(seed))
+        if s is not None:
+            seeds.append({"seed": seed, "status": s.get("status"), "test_acc": s.get("test_acc"),
+                          "test_loss": s.get("test_loss"), "best_epoch": s.get("best_epoch"),
+                          "epochs_run": s.get("epochs_run"), "wall_time_s": s.get("wall_time_s"),
+                          "run_dir": str(folder.seed_dir(seed))})
+    result["seeds"] = seeds
+    accs = [s["test_acc"] for s in seeds if s["test_acc"] is not None]
+    if accs:
+        mean = sum(accs) / len(accs)
+        result["test_acc_mean"] = mean
+        result["test_acc_std"] = math.sqrt(sum((a - mean) ** 2 for a in accs) / len(accs))
+    result["complete"] = (not any(c.get(s) for s in _OPEN) and len(accs) == config.seeds
+                          and len(seeds) == config.seeds)
+    folder.write_result(result)
+    return result
