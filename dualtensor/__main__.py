@@ -135,9 +135,11 @@ def add_train_arguments(p: argparse.ArgumentParser, sweep: bool = False) -> None
     g.add_argument("--early-stopping", type=_int, metavar="N",
                    help="stop after N epochs without a better value of the --monitor metric")
     choice("monitor", "validation metric that picks the best epoch and drives early stopping")
-    g.add_argument("--track-test", action="store_true",
+    g.add_argument("--track-test", action=argparse.BooleanOptionalAction,
                    help="also evaluate the test set after every epoch (test_loss, test_acc in the metrics, for "
                         "test curves; the best epoch is still chosen on validation)")
+    g.add_argument("--test", action=argparse.BooleanOptionalAction,
+                   help="evaluate the best epoch on the test set at the end (default: yes; a sweep's trials: no)")
 
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=_int, help=f"(default: {d.seed})")

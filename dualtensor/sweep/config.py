@@ -21,7 +21,7 @@ SWEEP_MUTABLE = frozenset({"trials", "seeds", "workers", "storage", "pruner"})
 #: training options that only say how a run is executed, not what it computes: they may differ between
 #: the runs of one sweep (e.g. a worker on another machine)
 _EXECUTION = ("data_dir", "download", "mirrors", "device", "threads", "heap_arrays", "eval_batch_size", "quiet",
-              "plot", "out", "lr", "check_every")
+              "plot", "out", "lr", "check_every", "test")
 #: training options a search range may cover
 SEARCHABLE = ("k", "momentum", "weight_decay", "batch_size", "width", "depth", "aggregate", "tangents", "optimizer",
               "gamma", "decay", "cone_alpha", "perturb", "estimator")

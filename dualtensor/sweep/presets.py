@@ -9,8 +9,8 @@ epochs, batch 64 (MNIST, Fashion-MNIST) / 128 (CIFAR-10), 3 seeds at the chosen 
   backprop, forward gradients with the mean aggregator at k = 1, 2, 4, 16 and the projection at
   k = 2, 4, 16, activity perturbation, each with the paper's ``batch`` estimator and dualtensor's
   ``per-sample`` one.
-* ``fig6``: MLPs with 2 hidden layers of width 256, 1024, 4096 on MNIST; the same gradients, weight
-  perturbation (the reference code's default forward-gradient model perturbs the parameters).
+* ``fig6``: MLPs with 2 hidden layers of width 256, 1024, 4096 on MNIST; the same gradients and both
+  estimators, activity perturbation (the reference code's default ``--perturbation_mode node``).
 
 ``scale`` s (0 < s <= 1) shrinks a preset for a small machine: training samples ``ceil(s * N)``,
 validation samples ``max(100, ceil(10000 s))``, epoch cap ``max(1, ceil(200 s))``, trials
@@ -63,7 +63,7 @@ PRESETS: dict[str, Preset] = {
                      _gradients(("batch", "per-sample")), {**_PROTOCOL, "perturb": "activity"},
                      doc="Table I: ResNet18 and ViT, both activity estimators"),
     "fig6": Preset("fig6", {"model": ("mlp",), "dataset": ("mnist",), "width": (256, 1024, 4096)},
-                   _gradients(None), {**_PROTOCOL, "perturb": "weight", "depth": 2},
+                   _gradients(("batch", "per-sample")), {**_PROTOCOL, "perturb": "activity", "depth": 2},
                    doc="Fig. 6: MLP test error against width"),
 }
 

@@ -107,7 +107,7 @@ def run_trial(trial: Any, config: SweepConfig, folder: SweepDir) -> float:
     out = Path(earlier) if earlier and Path(earlier).parent.parent == folder.path else folder.trial_dir(trial.number)
     trial.set_user_attr("run_dir", str(out))
     trial.set_user_attr("worker", worker_id())
-    run = config.train.replace(**values, out=str(out), quiet=True, plot=False)
+    run = config.train.replace(**values, out=str(out), quiet=True, plot=False, test=False)  # selection: val
     prune = PruneOnPlateau(trial)
     mode = run_mode_of(out)
     try:

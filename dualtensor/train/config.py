@@ -162,6 +162,7 @@ class TrainConfig:
     early_stopping: int | None = None
     monitor: str = "val_acc"
     track_test: bool = False
+    test: bool = True
     # run
     seed: int = 0
     device: str = "cpu"

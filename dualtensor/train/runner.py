@@ -296,7 +296,7 @@ def _execute(run: Run, callbacks: list[Callback]) -> FitResult:
         run.finish("interrupted")
         e.checkpoint, e.checkpoint_epoch = run.last_checkpoint or (None, None)
         raise
-    summary = run.finish(run.stop_status or "completed", test=True)
+    summary = run.finish(run.stop_status or "completed", test=run.config.test)
     each("on_fit_end", summary)
     return FitResult(summary, run.model, run.state)
 
