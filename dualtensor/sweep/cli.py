@@ -32,6 +32,7 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
                                                     "SQLite in the sweep folder)")
     g.add_argument("--study", help="study name in the storage (default: the sweep folder's name; with a preset, "
                                    "a prefix of each sweep's name)")
+    g.add_argument("--lr", type=float, help=argparse.SUPPRESS)  # refused with a reason below
     g.add_argument("--lr-min", type=float, help="lower bound of the log-uniform learning rate (default: 1e-6)")
     g.add_argument("--lr-max", type=float, help="upper bound (default: 1)")
     g.add_argument("--pruner", choices=PRUNERS, help="stop poor trials early on their per-epoch validation "
@@ -67,6 +68,8 @@ def sweeps_from_options(options: dict[str, Any]) -> list[SweepConfig]:
     from ..train import TrainConfig
 
     opts = dict(options)
+    if "lr" in opts:
+        raise SweepError("--lr: a sweep searches the learning rate; bound it with --lr-min and --lr-max")
     own = {k: opts.pop(k) for k in _SWEEP_KEYS if k in opts}
     own.pop("quiet", None)
     search = [parse_search(t) for t in own.pop("search", [])]

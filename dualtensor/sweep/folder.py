@@ -1,8 +1,8 @@
 """The sweep folder: made and owned by the sweep, like a run folder (see :class:`dualtensor.train.RunDir`).
 
 Layout: ``.dualtensor-sweep.json`` (the marker: what the sweep is), ``study.db`` (the default
-SQLite storage), ``trials/trial-NNNN/`` (one training run folder per trial), ``seeds/seed-S/``
-(the final runs), ``sweep.json`` (the result), ``.workers/`` (one lock file per live worker
+SQLite storage), ``trials/trial-NNNN/`` (one training run folder per trial), ``seeds/best-trial-NNNN/seed-S/``
+(the final runs at trial NNNN's values), ``sweep.json`` (the result), ``.workers/`` (one lock file per live worker
 process). An existing folder without the marker must be empty; nothing the sweep did not write
 is touched.
 """
@@ -71,8 +71,10 @@ class SweepDir:
     def trial_dir(self, number: int) -> Path:
         return self.path / "trials" / f"trial-{number:04d}"
 
-    def seed_dir(self, seed: int) -> Path:
-        return self.path / "seeds" / f"seed-{seed}"
+    def seed_dir(self, seed: int, best_trial: int) -> Path:
+        """The final run of ``seed`` at the values of trial ``best_trial`` (a later, better trial gets
+        new final runs; the earlier ones stay)."""
+        return self.path / "seeds" / f"best-trial-{best_trial:04d}" / f"seed-{seed}"
 
     def write_result(self, result: dict) -> Path:
         """``sweep.json``, written atomically."""

@@ -37,15 +37,22 @@ def open_study(config: SweepConfig, sampler_seed: int | None = None) -> Any:
     kwargs: dict = {}
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # several local workers share the file
-    try:
-        storage = optuna.storages.RDBStorage(
-            url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3), **kwargs)
-    except ImportError as e:
-        raise SweepError(f"--storage {url}: a database driver is missing ({e}); for PostgreSQL: "
-                         "pip install 'dualtensor[postgres]'") from None
-    except Exception as e:  # SQLAlchemy's connection errors carry the server's reason
-        raise SweepError(f"--storage {url}: cannot open the study's storage: {str(e).splitlines()[0]}") from None
+    for attempt in range(6):  # workers starting together race to create the tables: the loser retries
+        try:
+            storage = optuna.storages.RDBStorage(
+                url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+                **kwargs)
+            break
+        except ImportError as e:
+            raise SweepError(f"--storage {url}: a database driver is missing ({e}); for PostgreSQL: "
+                             "pip install 'dualtensor[postgres]'") from None
+        except Exception as e:  # SQLAlchemy's connection errors carry the server's reason
+            raced = any(w in type(e).__name__ + str(e) for w in ("Unique", "Duplicate", "already exists"))
+            if attempt == 5 or not raced:
+                raise SweepError(f"--storage {url}: cannot open the study's storage: "
+                                 f"{str(e).splitlines()[0]}") from None
+            time.sleep(0.5 * (attempt + 1))
     pruner = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
               "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
               "none": lambda: optuna.pruners.NopPruner()}[config.pruner]()
@@ -141,8 +148,9 @@ def reclaim(study: Any, folder: SweepDir) -> int:
     retried = {t.user_attrs.get("resumes") for t in trials}
     n = 0
     for t in trials:
-        worker = t.user_attrs.get("worker")
-        dead = t.state == state.RUNNING and worker is not None and folder.worker_alive(worker) is False
+        worker, run_dir = t.user_attrs.get("worker"), t.user_attrs.get("run_dir")
+        here = run_dir is not None and Path(run_dir).parent.parent == folder.path  # a worker of this folder
+        dead = t.state == state.RUNNING and here and worker is not None and folder.worker_alive(worker) is False
         stopped = t.state == state.FAIL and t.user_attrs.get("interrupted") and t.number not in retried
         if not (dead or stopped):
             continue

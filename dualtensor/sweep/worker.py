@@ -31,6 +31,11 @@ def best_values(study: Any) -> tuple[dict, Any]:
     return dict(best.params), best
 
 
+def _best_number(study: Any) -> int | None:
+    """The best complete trial's number (None before the first)."""
+    return best_values(study)[1].number if counts(study).get("COMPLETE") else None
+
+
 def _search(study: Any, config: SweepConfig, folder: SweepDir, progress: "Progress | None") -> None:
     """Run trials until the study holds ``trials`` finished or running ones (queued ones first)."""
     done = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
@@ -46,9 +51,9 @@ def _search(study: Any, config: SweepConfig, folder: SweepDir, progress: "Progre
 
 def _final_runs(study: Any, config: SweepConfig, folder: SweepDir, progress: "Progress | None") -> None:
     """The seed runs at the best values (each one by whichever worker takes its folder first)."""
-    values, _ = best_values(study)
+    values, best = best_values(study)
     for seed in seed_list(config):
-        out = folder.seed_dir(seed)
+        out = folder.seed_dir(seed, best.number)
         summary = load_summary(out)
         if summary is not None and summary.get("status") in ("completed", "early_stopped", "diverged"):
             continue
@@ -69,16 +74,19 @@ def work(config: SweepConfig, index: int = 0, progress: "Progress | None" = None
     """One worker: trials until the budget is spent, then the seed runs. Any number of workers, on
     any machines sharing the storage, may run this at once."""
     folder = SweepDir(config.folder)
-    folder.hold_worker_lock()
-    seed = config.train.seed * 1000 + index  # each worker (and each restart) samples its own proposals
-    study = open_study(config, sampler_seed=(seed * 7919 + len(open_study(config).trials)) % 2**31)
-    while True:
-        _search(study, config, folder, progress)
-        wait_for(study, ("RUNNING",), folder)  # the best trial is known once no trial runs
-        if not counts(study).get("WAITING"):
-            break
-    if config.seeds and counts(study).get("COMPLETE"):
-        _final_runs(study, config, folder, progress)
+    lock = folder.hold_worker_lock()
+    try:
+        seed = config.train.seed * 1000 + index  # each worker (and each restart) samples its own proposals
+        study = open_study(config, sampler_seed=(seed * 7919 + len(open_study(config).trials)) % 2**31)
+        while True:
+            _search(study, config, folder, progress)
+            wait_for(study, ("RUNNING",), folder)  # the best trial is known once no trial runs
+            if not counts(study).get("WAITING"):
+                break
+        if config.seeds and counts(study).get("COMPLETE"):
+            _final_runs(study, config, folder, progress)
+    finally:
+        os.close(lock)  # releases the flock
 
 
 def _worker_main(config: dict, index: int, parent: int) -> None:
@@ -131,9 +139,10 @@ class Progress:
                 extra += f" (continues trial {a['resumes']})"
             self.line(f"trial {t.number}: lr={t.params['lr']:.3g}{extra} {what}, {a.get('epochs')} epochs")
             self._tick()
-        for seed in seed_list(self.config):
-            key = ("seed", seed)
-            s = load_summary(self.folder.seed_dir(seed))
+        best = _best_number(study)
+        for seed in seed_list(self.config) if best is not None else []:
+            key = ("seed", seed, best)
+            s = load_summary(self.folder.seed_dir(seed, best))
             if key in self.seen or s is None or s.get("status") == "interrupted":
                 continue
             self.seen.add(key)
@@ -209,13 +218,14 @@ def _result(config: SweepConfig, folder: SweepDir, study: Any) -> dict:
         values, best = best_values(study)
         result.update(best_trial=best.number, best_val_acc=best.value, best=values)
     seeds = []
-    for seed in seed_list(config):
-        s = load_summary(folder.seed_dir(seed))
+    best = _best_number(study)
+    for seed in seed_list(config) if best is not None else []:
+        s = load_summary(folder.seed_dir(seed, best))
         if s is not None:
             seeds.append({"seed": seed, "status": s.get("status"), "test_acc": s.get("test_acc"),
                           "test_loss": s.get("test_loss"), "best_epoch": s.get("best_epoch"),
                           "epochs_run": s.get("epochs_run"), "wall_time_s": s.get("wall_time_s"),
-                          "run_dir": str(folder.seed_dir(seed))})
+                          "run_dir": str(folder.seed_dir(seed, best))})
     result["seeds"] = seeds
     accs = [s["test_acc"] for s in seeds if s["test_acc"] is not None]
     if accs:
