@@ -95,6 +95,9 @@ def test_a_sweep_folder_keeps_its_options(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "was not made by a dualtensor sweep" in err and (foreign / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    assert sweep("--preset", "fig6", "--only", "width=256", "--only", "grad=backprop", "--out", str(foreign)) == 2
+    assert "was not made by a dualtensor preset" in capsys.readouterr().err
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
 
 
 @pytest.mark.parametrize("args, message", [

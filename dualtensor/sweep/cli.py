@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import UsageError
 from ..train.errors import EXIT_OK, EXIT_USAGE, exit_status
 from .config import PRUNERS, SweepConfig, SweepError, parse_search
-from .presets import GRID_KEYS, PRESETS, expand_preset
+from .presets import GRID_KEYS, PRESETS, expand_preset, open_preset_folder
 
 __all__ = ["add_sweep_arguments", "run_sweep_command", "PROG"]
 
@@ -110,6 +110,8 @@ def run_sweep_command(options: dict[str, Any]) -> int:
             configs = sweeps_from_options(options)
             for c in configs:  # every sweep of a preset is checked before the first one starts
                 c.validate()
+            if "preset" in options:
+                open_preset_folder(configs[0].folder.parent, options["preset"])
             results = []
             for i, c in enumerate(configs):
                 if len(configs) > 1 and not quiet:

@@ -19,14 +19,19 @@ Options given explicitly (``--dataset``, ``--epochs``, ``--trials``, ...) overri
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .. import data as _data
+from ..files import atomic_write_text
 from .config import SweepError
 
-__all__ = ["Preset", "PRESETS", "expand_preset", "preset_grid", "GRID_KEYS"]
+__all__ = ["Preset", "PRESETS", "expand_preset", "preset_grid", "GRID_KEYS", "open_preset_folder", "PRESET_MARKER"]
+
+PRESET_MARKER = ".dualtensor-preset.json"
 
 GRID_KEYS = ("model", "dataset", "width", "grad", "k", "aggregate", "estimator")
 _BATCH = {"mnist": 64, "fashion-mnist": 64, "digits": 64, "cifar10": 128}
@@ -91,6 +96,30 @@ def preset_grid(name: str, only: dict[str, tuple] | None = None, given: dict | N
     if not entries:
         raise SweepError(f"--preset {name}: --only leaves no sweep")
     return entries
+
+
+def open_preset_folder(path: str | Path, name: str) -> Path:
+    """The folder holding a preset's sweep folders: made here (with :data:`PRESET_MARKER`), or one
+    this preset made before; an existing folder it did not make must be empty."""
+    path = Path(path).expanduser()
+    marker = path / PRESET_MARKER
+    if marker.is_file():
+        try:
+            made = json.loads(marker.read_text(encoding="utf-8")).get("preset")
+        except (OSError, ValueError, AttributeError):
+            made = None
+        if made != name:
+            raise SweepError(f"--out {path} holds the sweeps of --preset {made}, not {name}: choose another --out")
+        return path
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise SweepError(f"--out {path} exists and was not made by a dualtensor preset; dualtensor writes only "
+                         "into folders it made or empty ones: choose another --out")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(marker, json.dumps({"preset": name}) + "\n")
+    except OSError as e:
+        raise SweepError(f"--out {path}: {e.strerror or e}") from None
+    return path
 
 
 def entry_name(entry: dict) -> str:

@@ -18,6 +18,8 @@ from .study import (TrialInUse, counts, load_summary, open_study, reclaim, run_m
 __all__ = ["run_sweep", "work", "best_values", "seed_list", "Progress"]
 
 _OPEN = ("RUNNING", "WAITING")
+#: the statuses of a finished final run (a diverged seed is reported as such, not run again)
+FINAL = ("completed", "early_stopped", "diverged")
 
 
 def seed_list(config: SweepConfig) -> list[int]:
@@ -55,7 +57,7 @@ def _final_runs(study: Any, config: SweepConfig, folder: SweepDir, progress: "Pr
     for seed in seed_list(config):
         out = folder.seed_dir(seed, best.number)
         summary = load_summary(out)
-        if summary is not None and summary.get("status") in ("completed", "early_stopped", "diverged"):
+        if summary is not None and summary.get("status") in FINAL:
             continue
         run = config.train.replace(**values, seed=seed, out=str(out), quiet=True, plot=False)
         mode = run_mode_of(out)
@@ -232,7 +234,7 @@ def _result(config: SweepConfig, folder: SweepDir, study: Any) -> dict:
         mean = sum(accs) / len(accs)
         result["test_acc_mean"] = mean
         result["test_acc_std"] = math.sqrt(sum((a - mean) ** 2 for a in accs) / len(accs))
-    result["complete"] = (not any(c.get(s) for s in _OPEN) and len(accs) == config.seeds
-                          and len(seeds) == config.seeds)
+    result["complete"] = (not any(c.get(s) for s in _OPEN) and len(seeds) == config.seeds
+                          and all(s["status"] in FINAL for s in seeds))
     folder.write_result(result)
     return result
