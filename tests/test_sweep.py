@@ -233,6 +233,12 @@ def test_presets_expand_to_the_papers_grids():
     assert train["early_stopping"] == 2 and counts == {"trials": 6, "seeds": 3}
     assert [n for n, _, _ in expand_preset("fig6", only={"width": ("1024",), "grad": ("backprop",)})] == [
         "mlp-w1024-mnist-backprop"]
+    # the reference code's default simulated mode: gradient options change the forward entries only
+    sim = expand_preset("fig6", only={"width": ("256",), "estimator": ("per-sample",)},
+                        given={"grad": "simulated", "shared_tangents": True})
+    assert [n for n, _, _ in sim][:2] == ["mlp-w256-mnist-backprop", "mlp-w256-mnist-simulated-k1-mean-per-sample"]
+    assert len(sim) == 8 and sim[0][1]["grad"] == "backprop" and "shared_tangents" not in sim[0][1]
+    assert all(t["grad"] == "simulated" and t["shared_tangents"] for _, t, _ in sim[1:])
 
 
 def test_parse_search():

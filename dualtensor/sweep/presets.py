@@ -15,7 +15,8 @@ epochs, batch 64 (MNIST, Fashion-MNIST) / 128 (CIFAR-10), 3 seeds at the chosen 
 ``scale`` s (0 < s <= 1) shrinks a preset for a small machine: training samples ``ceil(s * N)``,
 validation samples ``max(100, ceil(10000 s))``, epoch cap ``max(1, ceil(200 s))``, trials
 ``max(2, ceil(20 s))``, early-stopping patience ``max(2, ceil(10 s))``; s = 1 is the full protocol.
-Options given explicitly (``--dataset``, ``--epochs``, ``--trials``, ...) override the preset's.
+Options given explicitly (``--dataset``, ``--epochs``, ``--trials``, ...) override the preset's; gradient
+options (``--grad simulated``, ``--shared-tangents``, ``--k``, ...) change the forward-gradient entries only.
 """
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ __all__ = ["Preset", "PRESETS", "expand_preset", "preset_grid", "GRID_KEYS", "op
 PRESET_MARKER = ".dualtensor-preset.json"
 
 GRID_KEYS = ("model", "dataset", "width", "grad", "k", "aggregate", "estimator")
+#: explicit options that change the forward-gradient entries only (``--grad simulated`` keeps backprop)
+_FORWARD_ONLY = ("grad", "k", "aggregate", "estimator", "perturb", "tangents", "shared_tangents", "keep",
+                 "cone_alpha", "tangent_length")
 _BATCH = {"mnist": 64, "fashion-mnist": 64, "digits": 64, "cifar10": 128}
 
 
@@ -124,9 +128,10 @@ def open_preset_folder(path: str | Path, name: str) -> Path:
 
 def entry_name(entry: dict) -> str:
     """A sweep folder name for a grid entry: ``resnet18-mnist-forward-k4-projection-batch``."""
-    parts = [entry["model"] + (f"-w{entry['width']}" if "width" in entry else ""), entry["dataset"], entry["grad"]]
+    parts = [entry["model"] + (f"-w{entry['width']}" if entry.get("width") else ""), entry["dataset"], entry["grad"]]
     if entry["grad"] != "backprop":
-        parts += [f"k{entry['k']}", entry["aggregate"]] + ([entry["estimator"]] if "estimator" in entry else [])
+        parts += [f"k{entry.get('k', 16)}", entry.get("aggregate", "projection")]
+        parts += [entry["estimator"]] if "estimator" in entry else []
     return "-".join(parts)
 
 
@@ -149,6 +154,10 @@ def expand_preset(name: str, scale: float = 1.0, only: dict[str, tuple] | None =
                          epochs=max(1, math.ceil(200 * scale)), early_stopping=max(2, math.ceil(10 * scale)))
             sweep["trials"] = max(2, math.ceil(20 * scale))
         for key in list(given):
+            if key in _FORWARD_ONLY and entry["grad"] == "backprop":
+                continue  # the backprop baseline stays the baseline
             (sweep if key in sweep else train)[key] = given[key]
-        out.append((entry_name({**entry, **{k: v for k, v in given.items() if k in entry}}), train, sweep))
+        name = entry_name(train)
+        if name not in {n for n, _, _ in out}:  # an explicit option may merge grid entries
+            out.append((name, train, sweep))
     return out
