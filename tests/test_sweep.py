@@ -112,6 +112,7 @@ def test_a_sweep_folder_keeps_its_options(tmp_path, capsys):
     (["--preset", "fig6", "--only", "depth=2"], "--only depth: not a grid key"),
     (["--preset", "fig6", "--scale", "2"], "--scale must be in (0, 1]"),
     (["--storage", "nowhere"], "expected an SQLAlchemy URL"),
+    (["--parallel", "data"], "a sweep runs each trial in one process"),
     (["--lr", "0.1"], "--lr: a sweep searches the learning rate; bound it with --lr-min and --lr-max"),
 ])
 def test_bad_sweep_options_are_one_line(tmp_path, capsys, args, message):
@@ -246,3 +247,35 @@ def test_parse_search():
     s = parse_search("weight_decay=1e-6:1e-2:log")
     assert (s.low, s.high, s.log) == (1e-6, 1e-2, True)
     assert parse_search("aggregate=mean,projection").choices == ("mean", "projection")
+
+
+def test_killing_the_parent_of_local_workers_ends_them_and_the_sweep_continues(tmp_path):
+    out = tmp_path / "sw"
+    cmd = [sys.executable, "-m", "dualtensor", "sweep", *SLOW[:-5], "--trials", "4", "--seeds", "1", "--workers",
+           "2", "--quiet", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(out / "trials" / "trial-0001" / "metrics.jsonl", 2, proc)
+    workers = [int(p.stem.rsplit("-", 1)[1]) for p in (out / ".workers").glob("*.lock")]
+    assert len(workers) == 2
+    proc.kill()
+    proc.communicate()
+    end = time.time() + 30
+    while time.time() < end and any(_alive(pid) for pid in workers):
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in workers), "a worker outlived its killed parent"
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    res = load(out)
+    assert res["complete"] and sum(t["state"] == "COMPLETE" for t in res["trials"]) == 4
+    assert any(t.user_attrs.get("resumes") is not None for t in study_of(out).trials)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by init) is gone too
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False

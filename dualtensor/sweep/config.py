@@ -131,6 +131,9 @@ class SweepConfig:
                 raise SweepError(f"--{name} must be >= {low}, got {getattr(self, name)}")
         if not (0 < self.lr_min < self.lr_max and math.isfinite(self.lr_max)):
             raise SweepError(f"--lr-min {self.lr_min:g} / --lr-max {self.lr_max:g}: need 0 < lr-min < lr-max")
+        if self.train.parallel != "none":
+            raise SweepError(f"--parallel {self.train.parallel}: a sweep runs each trial in one process; spread a "
+                             "sweep with --workers or with workers on several machines sharing --storage")
         if self.pruner not in PRUNERS:
             raise SweepError(f"--pruner: invalid choice {self.pruner!r} (choose from {', '.join(PRUNERS)})")
         names = [s.name for s in self.search]
