@@ -29,7 +29,7 @@ __all__ = ["Entry", "collect", "table_rows", "markdown", "csv_text", "plot_curve
 PROG = "dualtensor report"
 _SIGNATURE = "<!-- written by dualtensor report -->"
 CSV_COLUMNS = ("gradient", "model", "dataset", "grad", "perturb", "aggregate", "k", "estimator", "width", "seeds",
-               "test_error_mean", "test_error_std", "lr", "epochs_mean", "best_epoch_mean", "wall_time_s", "source")
+               "diverged", "test_error_mean", "test_error_std", "lr", "epochs_mean", "best_epoch_mean", "wall_time_s", "source")
 # options that only say how a run was executed (or which seed), not what was computed
 _NOT_IDENTITY = ("seed", "out", "data_dir", "download", "mirrors", "device", "threads", "heap_arrays",
                  "eval_batch_size", "quiet", "plot", "check_every", "init_from", "ranks", "parallel", "track_test", "test")
@@ -144,7 +144,8 @@ def table_rows(entries: Sequence[Entry]) -> list[dict]:
         out.append({"gradient": e.row, "model": e.column.split(" / ")[0], "dataset": c["dataset"],
                     "grad": c["grad"], "perturb": c.get("perturb"), "aggregate": c.get("aggregate"),
                     "k": c.get("k"), "estimator": c.get("estimator"), "width": c.get("width"),
-                    "seeds": len(e.errors()), "test_error_mean": mean, "test_error_std": std, "lr": c.get("lr"),
+                    "seeds": len(e.errors()), "diverged": sum(s.get("status") == "diverged" for s, _ in e.runs),
+                    "test_error_mean": mean, "test_error_std": std, "lr": c.get("lr"),
                     "epochs_mean": _mean_std(epochs)[0], "best_epoch_mean": _mean_std(best)[0],
                     "wall_time_s": e.wall_time_s, "source": e.source})
     return sorted(out, key=lambda r: (_row_order(r["gradient"]), r["model"], r["dataset"]))
@@ -167,8 +168,9 @@ def markdown(rows: Sequence[dict]) -> str:
                 continue
             epochs = f"{r['epochs_mean']:.3g}" if r["epochs_mean"] is not None else "?"
             lr = f"{r['lr']:.2g}" if r["lr"] is not None else "?"
+            diverged = f", {r['diverged']} diverged" if r["diverged"] else ""
             cells.append(f"{100 * r['test_error_mean']:.2f} ± {100 * r['test_error_std']:.2f} "
-                         f"(n={r['seeds']}; lr {lr}; {epochs} ep)")
+                         f"(n={r['seeds']}{diverged}; lr {lr}; {epochs} ep)")
         lines.append(f"| {g} | " + " | ".join(cells) + " |")
     lines += ["", "Wall time (s) of each cell: the whole sweep (trials and seeds) or the runs", "",
               "| gradient | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
@@ -194,12 +196,13 @@ def csv_text(rows: Sequence[dict]) -> str:
 
 
 def _ours(path: Path, signature: str) -> bool:
-    """True when ``path`` does not exist or starts with ``signature`` (a file this report wrote)."""
+    """True when ``path`` does not exist or its first line starts with ``signature`` (a file this report
+    wrote; for CSV its first columns, so a report of an earlier version is replaced too)."""
     if not path.exists():
         return True
     try:
         with path.open("r", encoding="utf-8") as f:
-            return f.readline().rstrip("\n") == signature
+            return f.readline().startswith(signature)
     except (OSError, UnicodeDecodeError):
         return False
 
@@ -280,7 +283,7 @@ def run_report_command(options: dict[str, Any]) -> int:
         md, table = markdown(rows), csv_text(rows)
         prefix = options.get("out")
         if prefix:
-            files = {Path(f"{prefix}.md"): (md, _SIGNATURE), Path(f"{prefix}.csv"): (table, ",".join(CSV_COLUMNS))}
+            files = {Path(f"{prefix}.md"): (md, _SIGNATURE), Path(f"{prefix}.csv"): (table, ",".join(CSV_COLUMNS[:4]))}
             images = {}
             if options.get("plot"):
                 images[Path(f"{prefix}-curves.png")] = plot_curves(entries)

@@ -104,8 +104,15 @@ def run_sweep_command(options: dict[str, Any]) -> int:
     from .worker import run_sweep
 
     quiet = options.get("quiet", False)
+    said: set = set()
+
+    def show(message: Any, *args: Any, **kwargs: Any) -> None:  # each distinct warning once per sweep
+        if str(message) not in said:
+            said.add(str(message))
+            _say("warning", str(message))
+
     with warnings.catch_warnings(), interrupt_on_signals():
-        warnings.showwarning = lambda m, *a, **k: _say("warning", str(m))
+        warnings.showwarning = show
         try:
             configs = sweeps_from_options(options)
             for c in configs:  # every sweep of a preset is checked before the first one starts
