@@ -223,7 +223,7 @@ def plot_curves(entries: Sequence[Entry]) -> bytes:
     test set), one panel per model / dataset, one line per gradient."""
     plt = _plt()
     columns = sorted({e.column for e in entries}, key=_column_order)
-    fig, axes = plt.subplots(1, len(columns), figsize=(5 * len(columns), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.5 * len(columns) + 2.5, 4), squeeze=False)
     for ax, col in zip(axes[0], columns):
         which = "val_loss"
         for e in sorted((e for e in entries if e.column == col), key=lambda e: _row_order(e.row)):
@@ -234,10 +234,14 @@ def plot_curves(entries: Sequence[Entry]) -> bytes:
             which = key if key == "test_loss" else which
             n = min(len(c) for c in curves)
             ys = [sum(c[i][key] for c in curves) / len(curves) for i in range(n)]
-            ax.plot(range(1, n + 1), ys, label=e.row)
+            ax.plot(range(1, n + 1), ys, label=e.row, **_style(e.row))
         ax.set(title=col, xlabel="epoch", ylabel=which.replace("_", " "), yscale="log")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    handles: dict = {}
+    for ax in axes[0]:  # one legend for all panels, beside them
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.legend(list(handles.values()), list(handles), fontsize=7, loc="center right")
+    fig.tight_layout(rect=(0, 0, 1 - 2.4 / fig.get_figwidth(), 1))
     return _png(fig, plt)
 
 
@@ -247,15 +251,25 @@ def plot_width(rows: Sequence[dict]) -> bytes:
     mlp = [r for r in rows if r["model"].startswith("mlp") and r["test_error_mean"] is not None]
     if len({r["width"] for r in mlp}) < 2:
         raise ReportError("--plot: the width plot needs MLP results at two or more widths")
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     for g in sorted({r["gradient"] for r in mlp}, key=_row_order):
         pts = sorted((r["width"], r["test_error_mean"], r["test_error_std"]) for r in mlp if r["gradient"] == g)
         ax.errorbar([p[0] for p in pts], [100 * p[1] for p in pts], yerr=[100 * p[2] for p in pts], label=g,
-                    marker="o", capsize=3)
+                    marker="o", capsize=3, **_style(g))
     ax.set(xscale="log", xlabel="hidden width", ylabel="best test error (%)", title="test error against width")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return _png(fig, plt)
+
+
+def _style(row: str) -> dict:
+    """One colour per aggregator and k, dashed for the batch estimator, black for backprop."""
+    if row == "backprop":
+        return {"color": "black", "linewidth": 2}
+    parts = row.split()
+    shade = {("mean", "k=1"): 0, ("mean", "k=2"): 1, ("mean", "k=4"): 2, ("mean", "k=16"): 3,
+             ("projection", "k=2"): 4, ("projection", "k=4"): 5, ("projection", "k=16"): 6}.get((parts[1], parts[2]), 7)
+    return {"color": f"C{shade}", "linestyle": "--" if "(batch)" in row else "-"}
 
 
 def _png(fig: Any, plt: Any) -> bytes:
