@@ -112,6 +112,7 @@ def test_a_sweep_folder_keeps_its_options(tmp_path, capsys):
     (["--preset", "fig6", "--only", "depth=2"], "--only depth: not a grid key"),
     (["--preset", "fig6", "--scale", "2"], "--scale must be in (0, 1]"),
     (["--storage", "nowhere"], "expected an SQLAlchemy URL"),
+    (["--storage", "postgresql+psycopg://nobody@127.0.0.1:1/x"], "--storage postgresql+psycopg://nobody@127.0.0.1:1/x:"),
     (["--parallel", "data"], "a sweep runs each trial in one process"),
     (["--lr", "0.1"], "--lr: a sweep searches the learning rate; bound it with --lr-min and --lr-max"),
 ])

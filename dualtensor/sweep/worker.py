@@ -168,11 +168,14 @@ def run_sweep(config: SweepConfig, quiet: bool = False) -> dict:
     ``workers`` > 1 starts that many local worker processes (BLAS threads split between them unless
     ``train.threads`` is set); the study may be shared with workers elsewhere (``storage``)."""
     config.validate()
+    if config.storage is not None:  # a storage that cannot be opened leaves no sweep folder behind
+        open_study(config)
     folder = SweepDir.open(config)
+    study = open_study(config)
     progress = Progress(config, folder, quiet)
     try:
         if config.workers == 1:
-            progress.update(open_study(config))
+            progress.update(study)
             work(config, 0, progress)
         else:
             _run_workers(config, progress)
