@@ -63,7 +63,8 @@ class Entry:
     @property
     def column(self) -> str:
         c = self.config
-        model = f"mlp w={c['width']}" if c["model"] == "mlp" else c["model"]
+        model = {"mlp": f"mlp w={c.get('width')}", "vit": f"vit w={c.get('width')} d={c.get('depth')}"}.get(
+            c["model"], c["model"])
         return f"{model} / {c['dataset']}"
 
     def errors(self) -> list[float]:
@@ -182,7 +183,7 @@ def markdown(rows: Sequence[dict]) -> str:
 
 def _column_order(col: str) -> tuple:
     model, dataset = col.split(" / ")
-    width = int(model.split("w=")[1]) if "w=" in model else 0
+    width = int(model.split("w=")[1].split()[0]) if "w=" in model else 0
     return (model.split()[0], width, dataset)
 
 
