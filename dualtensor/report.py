@@ -29,10 +29,12 @@ __all__ = ["Entry", "collect", "table_rows", "markdown", "csv_text", "plot_curve
 PROG = "dualtensor report"
 _SIGNATURE = "<!-- written by dualtensor report -->"
 CSV_COLUMNS = ("gradient", "model", "dataset", "grad", "perturb", "aggregate", "k", "estimator", "width", "seeds",
-               "diverged", "test_error_mean", "test_error_std", "lr", "epochs_mean", "best_epoch_mean", "wall_time_s", "source")
+               "diverged", "test_error_mean", "test_error_std", "lr", "epochs_mean", "best_epoch_mean",
+               "wall_time_s", "source")
 # options that only say how a run was executed (or which seed), not what was computed
 _NOT_IDENTITY = ("seed", "out", "data_dir", "download", "mirrors", "device", "threads", "heap_arrays",
-                 "eval_batch_size", "quiet", "plot", "check_every", "init_from", "ranks", "parallel", "track_test", "test")
+                 "eval_batch_size", "quiet", "plot", "check_every", "init_from", "ranks", "parallel", "track_test",
+                 "test")
 
 
 class ReportError(UsageError):

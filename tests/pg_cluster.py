@@ -42,6 +42,7 @@ def start(folder: str | os.PathLike) -> str:
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres", "postgres")
     port = _free_port()
+
     def run(cmd: list[str]) -> None:
         done = subprocess.run(_as_server(cmd), capture_output=True, text=True)
         if done.returncode:

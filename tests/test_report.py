@@ -38,7 +38,7 @@ def test_report_groups_seeds_into_table_cells(runs, tmp_path, capsys):
     errors = [1 - got["fwd", s]["test_acc"] for s in (0, 1)]
     mean = sum(errors) / 2
     std = (sum((e - mean) ** 2 for e in errors) / 2) ** 0.5
-    assert f"| forward projection k=4 (per-sample) | " in md
+    assert "| forward projection k=4 (per-sample) | " in md
     assert f"{100 * mean:.2f} ± {100 * std:.2f} (n=2; lr 0.5; 2 ep)" in md
     assert "| backprop |" in md and "forward mean k=1 (batch)" in md
     assert "mlp w=32 / digits" in md and "mlp w=64 / digits" in md

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -112,7 +113,8 @@ def test_a_sweep_folder_keeps_its_options(tmp_path, capsys):
     (["--preset", "fig6", "--only", "depth=2"], "--only depth: not a grid key"),
     (["--preset", "fig6", "--scale", "2"], "--scale must be in (0, 1]"),
     (["--storage", "nowhere"], "expected an SQLAlchemy URL"),
-    (["--storage", "postgresql+psycopg://nobody@127.0.0.1:1/x"], "--storage postgresql+psycopg://nobody@127.0.0.1:1/x:"),
+    (["--storage", "postgresql+psycopg://nobody@127.0.0.1:1/x"],
+     "--storage postgresql+psycopg://nobody@127.0.0.1:1/x:"),
     (["--parallel", "data"], "a sweep runs each trial in one process"),
     (["--lr", "0.1"], "--lr: a sweep searches the learning rate; bound it with --lr-min and --lr-max"),
 ])
@@ -256,7 +258,7 @@ def test_killing_the_parent_of_local_workers_ends_them_and_the_sweep_continues(t
            "2", "--quiet", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(out / "trials" / "trial-0001" / "metrics.jsonl", 2, proc)
-    workers = [int(p.stem.rsplit("-", 1)[1]) for p in (out / ".workers").glob("*.lock")]
+    workers = [int(p.stem.rsplit("-", 1)[1]) for p in (out / ".workers").glob(f"{socket.gethostname()}-*.lock")]
     assert len(workers) == 2
     proc.kill()
     proc.communicate()
@@ -267,7 +269,8 @@ def test_killing_the_parent_of_local_workers_ends_them_and_the_sweep_continues(t
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     res = load(out)
-    assert res["complete"] and sum(t["state"] == "COMPLETE" for t in res["trials"]) == 4
+    extra = [(t.number, t.state.name, t.user_attrs) for t in study_of(out).trials]
+    assert res["complete"] and sum(t["state"] == "COMPLETE" for t in res["trials"]) == 4, extra
     assert any(t.user_attrs.get("resumes") is not None for t in study_of(out).trials)
 
 

@@ -86,13 +86,30 @@ class SweepDir:
         """Take this process's worker lock (kept until the process ends); returns the descriptor."""
         folder = self.path / ".workers"
         folder.mkdir(exist_ok=True)
-        for stale in folder.glob("*.lock"):  # files of workers that are gone (this sweep wrote them)
-            if not _locked(stale):
+        for stale in folder.glob(f"{socket.gethostname()}-*.lock"):  # this machine's workers that are gone
+            if not _locked(stale) and not _pid_alive(stale.stem.rsplit("-", 1)[1]):
                 stale.unlink(missing_ok=True)
         fd = os.open(folder / f"{worker_id().replace(':', '-')}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return fd
+
+    def ask_lock(self) -> Any:
+        """A context holding the folder's ask lock: SQLite gives no row locks, so local workers take
+        queued trials one at a time (else two could take the same one)."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def held() -> Any:
+            (self.path / ".workers").mkdir(exist_ok=True)
+            fd = os.open(self.path / ".workers" / "ask.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+        return held()
 
     def worker_alive(self, worker: str) -> bool | None:
         """True/False for a worker of this machine (by its lock), None for another machine's."""
@@ -100,7 +117,16 @@ class SweepDir:
         if host != socket.gethostname():
             return None
         lock = self.path / ".workers" / f"{host}-{pid}.lock"
-        return lock.exists() and _locked(lock)
+        return (lock.exists() and _locked(lock)) or _pid_alive(pid)  # alive: also between creating and locking
+
+
+def _pid_alive(pid: str) -> bool:
+    """True when process ``pid`` of this machine exists (and is not a zombie)."""
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, ValueError):
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _locked(path: Path) -> bool:

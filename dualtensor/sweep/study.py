@@ -1,6 +1,7 @@
 """The Optuna side of a sweep: the study, its pruner and sampler, one trial as one training run."""
 from __future__ import annotations
 
+import datetime
 import json
 import time
 import warnings
@@ -17,6 +18,7 @@ __all__ = ["open_study", "run_trial", "reclaim", "counts", "PruneOnPlateau", "ru
 # how often a trial's worker tells an RDB storage it lives, and after how long without word its trial
 # counts as dead (then Optuna fails it and the sweep runs it again)
 HEARTBEAT_S, GRACE_S = 20, 120
+ORPHAN_S = 60
 
 
 def _optuna() -> Any:
@@ -24,7 +26,7 @@ def _optuna() -> Any:
         import optuna
     except ImportError:
         raise SweepError("sweeps need Optuna: pip install 'dualtensor[sweep]'") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a trial that fails is reported by the sweep
     # the heartbeat API is marked experimental; it is what finds the dead workers of other machines
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna
@@ -35,8 +37,9 @@ def open_study(config: SweepConfig, sampler_seed: int | None = None) -> Any:
     optuna = _optuna()
     url = config.storage_url
     kwargs: dict = {}
-    if url.startswith("sqlite"):
-        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # several local workers share the file
+    if url.startswith("sqlite:///"):  # several local workers share the file: wait for locks, and write-ahead
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # logging so readers never block a writer
+        _wal(Path(url[len("sqlite:///"):]))
     for attempt in range(6):  # workers starting together race to create the tables: the loser retries
         try:
             storage = optuna.storages.RDBStorage(
@@ -59,6 +62,17 @@ def open_study(config: SweepConfig, sampler_seed: int | None = None) -> Any:
     sampler = optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=min(10, max(2, config.trials // 3)))
     return optuna.create_study(study_name=config.study_name, storage=storage, direction="maximize",
                                sampler=sampler, pruner=pruner, load_if_exists=True)
+
+
+def _wal(path: Path) -> None:
+    """Put the SQLite file in WAL mode (a setting the file keeps), creating it if needed."""
+    import sqlite3
+
+    con = sqlite3.connect(path, timeout=60)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+    finally:
+        con.close()
 
 
 def counts(study: Any) -> dict[str, int]:
@@ -103,13 +117,18 @@ def load_summary(path: Path) -> dict | None:
         return None
 
 
-def run_trial(trial: Any, config: SweepConfig, folder: SweepDir) -> float:
+def run_trial(trial: Any, config: SweepConfig, folder: SweepDir, study: Any = None) -> float:
     """One trial: the training run at the trial's values, in its own run folder (a trial that an
     interrupted worker left is continued from its checkpoint); returns the best validation accuracy."""
     optuna = _optuna()
     values = {"lr": trial.suggest_float("lr", config.lr_min, config.lr_max, log=True)}
     for space in config.search:
         values[space.name] = space.suggest(trial)
+    resumes = trial.user_attrs.get("resumes")
+    if resumes is not None and study is not None and any(
+            t.user_attrs.get("resumes") == resumes and t.number < trial.number and t.state.name != "FAIL"
+            for t in study.get_trials(deepcopy=False)):
+        raise TrialInUse(f"trial {resumes} is continued by another trial already")
     earlier = trial.user_attrs.get("run_dir")
     out = Path(earlier) if earlier and Path(earlier).parent.parent == folder.path else folder.trial_dir(trial.number)
     trial.set_user_attr("run_dir", str(out))
@@ -137,10 +156,14 @@ def run_trial(trial: Any, config: SweepConfig, folder: SweepDir) -> float:
     return float(summary.get("best_val_acc") or 0.0)
 
 
-def reclaim(study: Any, folder: SweepDir) -> int:
+def reclaim(study: Any, folder: SweepDir, interrupted: bool = True, local: bool = False) -> int:
     """Queue again, with their run folders, the trials this machine's workers left unfinished (killed:
     still RUNNING with a dead worker; interrupted: FAIL marked ``interrupted``), so each continues from
-    its checkpoint. Returns how many. (A dead worker of another machine is found by Optuna's heartbeat.)"""
+    its checkpoint. Returns how many. (A dead worker of another machine is found by Optuna's heartbeat.)
+    A killed trial is claimed by marking it failed, which only one worker can do; interrupted ones
+    (already failed) are queued only with ``interrupted``, which :func:`run_sweep` passes once before
+    its workers start. ``local``: the storage is the folder's SQLite file (no heartbeat), so a trial
+    that never got a worker's name within :data:`ORPHAN_S` seconds is dead too."""
     optuna = _optuna()
     state = optuna.trial.TrialState
     optuna.storages.fail_stale_trials(study)  # other machines' workers whose heartbeat stopped
@@ -151,12 +174,17 @@ def reclaim(study: Any, folder: SweepDir) -> int:
         worker, run_dir = t.user_attrs.get("worker"), t.user_attrs.get("run_dir")
         here = run_dir is not None and Path(run_dir).parent.parent == folder.path  # a worker of this folder
         dead = t.state == state.RUNNING and here and worker is not None and folder.worker_alive(worker) is False
-        stopped = t.state == state.FAIL and t.user_attrs.get("interrupted") and t.number not in retried
+        # (killed between taking the trial and naming its worker: only local SQLite workers lack a heartbeat)
+        orphan = (t.state == state.RUNNING and worker is None and local and t.datetime_start is not None
+                  and (datetime.datetime.now() - t.datetime_start).total_seconds() > ORPHAN_S)
+        dead = dead or orphan
+        stopped = (interrupted and here and t.state == state.FAIL and t.user_attrs.get("interrupted")
+                   and t.number not in retried)
         if not (dead or stopped):
             continue
         if dead:
             try:
-                study.tell(t.number, state=state.FAIL, skip_if_finished=True)
+                study.tell(t.number, state=state.FAIL)
             except (ValueError, RuntimeError):
                 continue  # another worker was quicker
         study.enqueue_trial(t.params, user_attrs={"resumes": t.number, "run_dir": t.user_attrs.get("run_dir")})
@@ -164,10 +192,10 @@ def reclaim(study: Any, folder: SweepDir) -> int:
     return n
 
 
-def wait_for(study: Any, states: tuple[str, ...], folder: SweepDir, poll_s: float = 2.0) -> None:
+def wait_for(study: Any, states: tuple[str, ...], folder: SweepDir, local: bool, poll_s: float = 2.0) -> None:
     """Block while the study has trials in ``states`` (reclaiming dead workers' trials meanwhile)."""
     while any(counts(study).get(s, 0) for s in states):
-        reclaim(study, folder)
+        reclaim(study, folder, interrupted=False, local=local)
         time.sleep(poll_s)
 
 

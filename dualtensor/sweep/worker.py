@@ -12,7 +12,7 @@ from typing import Any
 from ..train import TrainingDiverged, fit
 from ..train.rundir import RunDirError
 from .config import SweepConfig
-from .folder import SweepDir
+from .folder import SweepDir, worker_id
 from .study import (TrialInUse, counts, load_summary, open_study, reclaim, run_mode_of, run_trial, wait_for)
 
 __all__ = ["run_sweep", "work", "best_values", "seed_list", "Progress"]
@@ -33,6 +33,11 @@ def best_values(study: Any) -> tuple[dict, Any]:
     return dict(best.params), best
 
 
+def _local(config: SweepConfig) -> bool:
+    """True for an SQLite study (one machine's workers, no row locks, no heartbeat needed)."""
+    return config.storage_url.startswith("sqlite")
+
+
 def _best_number(study: Any) -> int | None:
     """The best complete trial's number (None before the first)."""
     return best_values(study)[1].number if counts(study).get("COMPLETE") else None
@@ -42,19 +47,54 @@ def _search(study: Any, config: SweepConfig, folder: SweepDir, progress: "Progre
     """Run trials until the study holds ``trials`` finished or running ones (queued ones first)."""
     done = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
     callbacks = [lambda s, t: progress.update(s)] if progress is not None else []
-    while True:
-        reclaim(study, folder)
+    def spent() -> bool:
         c = counts(study)
-        if not c.get("WAITING") and sum(c.get(s, 0) for s in done) >= config.trials:
+        return not c.get("WAITING") and sum(c.get(s, 0) for s in done) >= config.trials
+
+    while True:
+        reclaim(study, folder, interrupted=False, local=_local(config))  # killed workers' (interrupted: run_sweep)
+        if spent():
             return
-        study.optimize(lambda t: run_trial(t, config, folder), n_trials=1, catch=(TrialInUse,),
-                       callbacks=callbacks, gc_after_trial=False)
+        if _local(config):
+            if not _one_trial(study, config, folder, spent):
+                return
+            for cb in callbacks:
+                cb(study, None)
+        else:  # a server's row locks hand each queued trial to one worker; Optuna's heartbeat runs alongside
+            study.optimize(lambda t: run_trial(t, config, folder, study), n_trials=1, catch=(TrialInUse,),
+                           callbacks=callbacks, gc_after_trial=False)
 
 
-def _final_runs(study: Any, config: SweepConfig, folder: SweepDir, progress: "Progress | None") -> None:
-    """The seed runs at the best values (each one by whichever worker takes its folder first)."""
+def _one_trial(study: Any, config: SweepConfig, folder: SweepDir, spent: Any) -> bool:
+    """Ask (under the folder's ask lock, unless the budget is ``spent()`` by then), run and tell one
+    trial (SQLite: local workers only, exactly ``trials`` of them); False when there was none to ask."""
+    import optuna
+
+    state = optuna.trial.TrialState
+    with folder.ask_lock():
+        if spent():
+            return False
+        trial = study.ask()
+        trial.set_user_attr("worker", worker_id())  # at once: a trial without a live worker is reclaimed
+    try:
+        value = run_trial(trial, config, folder, study)
+    except optuna.TrialPruned:
+        study.tell(trial, state=state.PRUNED)
+    except TrialInUse:
+        study.tell(trial, state=state.FAIL)
+    except BaseException:
+        study.tell(trial, state=state.FAIL, skip_if_finished=True)
+        raise
+    else:
+        study.tell(trial, value)
+    return True
+
+
+def _final_runs(study: Any, config: SweepConfig, folder: SweepDir, progress: "Progress | None",
+                share: tuple[int, int] = (0, 1)) -> None:
+    """The seed runs at the best values: local worker i of n runs seeds i, i + n, ... (``share``)."""
     values, best = best_values(study)
-    for seed in seed_list(config):
+    for seed in seed_list(config)[share[0]::share[1]]:
         out = folder.seed_dir(seed, best.number)
         summary = load_summary(out)
         if summary is not None and summary.get("status") in FINAL:
@@ -72,7 +112,7 @@ def _final_runs(study: Any, config: SweepConfig, folder: SweepDir, progress: "Pr
             progress.update(study)
 
 
-def work(config: SweepConfig, index: int = 0, progress: "Progress | None" = None) -> None:
+def work(config: SweepConfig, index: int = 0, progress: "Progress | None" = None, workers: int = 1) -> None:
     """One worker: trials until the budget is spent, then the seed runs. Any number of workers, on
     any machines sharing the storage, may run this at once."""
     folder = SweepDir(config.folder)
@@ -82,16 +122,16 @@ def work(config: SweepConfig, index: int = 0, progress: "Progress | None" = None
         study = open_study(config, sampler_seed=(seed * 7919 + len(open_study(config).trials)) % 2**31)
         while True:
             _search(study, config, folder, progress)
-            wait_for(study, ("RUNNING",), folder)  # the best trial is known once no trial runs
+            wait_for(study, ("RUNNING",), folder, _local(config))  # the best trial is known once no trial runs
             if not counts(study).get("WAITING"):
                 break
         if config.seeds and counts(study).get("COMPLETE"):
-            _final_runs(study, config, folder, progress)
+            _final_runs(study, config, folder, progress, (index, workers))
     finally:
         os.close(lock)  # releases the flock
 
 
-def _worker_main(config: dict, index: int, parent: int) -> None:
+def _worker_main(config: dict, index: int, parent: int, workers: int) -> None:
     """Entry of a worker process (``--workers N``): quiet, and gone when the parent is."""
     from ..train import interrupt_on_signals
 
@@ -103,7 +143,7 @@ def _worker_main(config: dict, index: int, parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
     with interrupt_on_signals():
         try:
-            work(SweepConfig.from_dict(config), index)
+            work(SweepConfig.from_dict(config), index, workers=workers)
         except KeyboardInterrupt:
             sys.exit(130)
 
@@ -172,6 +212,7 @@ def run_sweep(config: SweepConfig, quiet: bool = False) -> dict:
         open_study(config)
     folder = SweepDir.open(config)
     study = open_study(config)
+    reclaim(study, folder, local=_local(config))  # queue the interrupted trials before workers count the budget
     progress = Progress(config, folder, quiet)
     try:
         if config.workers == 1:
@@ -179,6 +220,9 @@ def run_sweep(config: SweepConfig, quiet: bool = False) -> dict:
             work(config, 0, progress)
         else:
             _run_workers(config, progress)
+            study = open_study(config)
+            if config.seeds and counts(study).get("COMPLETE"):  # a seed whose worker failed
+                _final_runs(study, config, folder, progress)
         study = open_study(config)
         progress.update(study)
     finally:
@@ -190,7 +234,7 @@ def _run_workers(config: SweepConfig, progress: Progress) -> None:
     threads = config.train.threads or max(1, (os.cpu_count() or 1) // config.workers)
     spec = SweepConfig(**{**config.__dict__, "train": config.train.replace(threads=threads)}).to_dict()
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker_main, args=(spec, i, os.getpid()), daemon=True)
+    procs = [ctx.Process(target=_worker_main, args=(spec, i, os.getpid(), config.workers), daemon=True)
              for i in range(config.workers)]
     for p in procs:
         p.start()
