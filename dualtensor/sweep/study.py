@@ -42,10 +42,10 @@ def open_study(config: SweepConfig, sampler_seed: int | None = None) -> Any:
         _wal(Path(url[len("sqlite:///"):]))
     for attempt in range(6):  # workers starting together race to create the tables: the loser retries
         try:
-            storage = optuna.storages.RDBStorage(
-                url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
-                **kwargs)
+            beat = {} if url.startswith("sqlite") else {  # SQLite: local workers, their locks say who lives
+                "heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S,
+                "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)}
+            storage = optuna.storages.RDBStorage(url, **beat, **kwargs)
             break
         except ImportError as e:
             raise SweepError(f"--storage {url}: a database driver is missing ({e}); for PostgreSQL: "
