@@ -14,11 +14,19 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["FIELDS", "history_csv", "history_jsonl", "read_jsonl", "history_png", "clean_json"]
+__all__ = ["FIELDS", "history_csv", "history_jsonl", "read_jsonl", "history_png", "clean_json", "mean_std"]
 
 #: the columns of ``metrics.csv`` (and the keys of each ``metrics.jsonl`` record), in order
-FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "steps", "time", "eval_time",
-          "elapsed")
+FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "steps", "time",
+          "eval_time", "elapsed")
+
+
+def mean_std(xs: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and population standard deviation of ``xs`` ((None, None) when empty)."""
+    if not xs:
+        return None, None
+    m = sum(xs) / len(xs)
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
 
 
 def clean_json(obj: Any) -> Any:

@@ -12,7 +12,6 @@ import argparse
 import csv
 import io
 import json
-import math
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from typing import Any
 
 from .errors import UsageError
 from .files import atomic_write, atomic_write_text
-from .metrics import read_jsonl
+from .metrics import mean_std, read_jsonl
 
 __all__ = ["Entry", "collect", "table_rows", "markdown", "csv_text", "plot_curves", "plot_width",
            "add_report_arguments", "run_report_command", "ReportError"]
@@ -122,13 +121,6 @@ def collect(dirs: Iterable[str | Path]) -> list[Entry]:
     return entries
 
 
-def _mean_std(xs: Sequence[float]) -> tuple[float | None, float | None]:
-    if not xs:
-        return None, None
-    m = sum(xs) / len(xs)
-    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
-
-
 def _row_order(label: str) -> tuple:
     if label == "backprop":
         return (0,)
@@ -141,7 +133,7 @@ def table_rows(entries: Sequence[Entry]) -> list[dict]:
     out = []
     for e in entries:
         c = e.config
-        mean, std = _mean_std(e.errors())
+        mean, std = mean_std(e.errors())
         epochs = [s.get("epochs_run") for s, _ in e.runs if s.get("epochs_run") is not None]
         best = [s.get("best_epoch") for s, _ in e.runs if s.get("best_epoch") is not None]
         out.append({"gradient": e.row, "model": e.column.split(" / ")[0], "dataset": c["dataset"],
@@ -149,7 +141,7 @@ def table_rows(entries: Sequence[Entry]) -> list[dict]:
                     "k": c.get("k"), "estimator": c.get("estimator"), "width": c.get("width"),
                     "seeds": len(e.errors()), "diverged": sum(s.get("status") == "diverged" for s, _ in e.runs),
                     "test_error_mean": mean, "test_error_std": std, "lr": c.get("lr"),
-                    "epochs_mean": _mean_std(epochs)[0], "best_epoch_mean": _mean_std(best)[0],
+                    "epochs_mean": mean_std(epochs)[0], "best_epoch_mean": mean_std(best)[0],
                     "wall_time_s": e.wall_time_s, "source": e.source})
     return sorted(out, key=lambda r: (_row_order(r["gradient"]), r["model"], r["dataset"]))
 

@@ -356,9 +356,8 @@ def _estimate(model: Any, loss_fn: Callable, x: Any, y: Any, k: int | None, samp
     first, end, total = rng.row_range if split == "data" and isinstance(rng, KeyedTangents) and rng.row_range \
         else (0, B, B)
     if estimator == "batch":
-        d_mean = d.mean(axis=1)
-        if total != B:  # data split: the mean over the global batch (k numbers summed over the ranks)
-            d_mean = comm.allreduce(d.sum(axis=1)) * (1.0 / total)
+        # data split: the mean over the global batch (k numbers summed over the ranks)
+        d_mean = comm.allreduce(d.sum(axis=1)) * (1.0 / total) if total != B else d.mean(axis=1)
         est = agg(d_mean[:, None], V[:, :1])  # (1, n): the shared activation's gradient of the mean loss
         # every sample's cotangent is ê; scaled by total/B so the shard-weighted sum over the ranks is the sum
         cot = xp.broadcast_to(est * (total / B) if total != B else est, (B, est.shape[1]))

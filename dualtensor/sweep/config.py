@@ -121,6 +121,11 @@ class SweepConfig:
         return self.storage or f"sqlite:///{self.folder / 'study.db'}"
 
     @property
+    def local(self) -> bool:
+        """True for an SQLite study: one machine's workers (no row locks; their locks say who lives)."""
+        return self.storage_url.startswith("sqlite")
+
+    @property
     def study_name(self) -> str:
         return self.study or self.folder.name
 

@@ -141,8 +141,9 @@ def expand_preset(name: str, scale: float = 1.0, only: dict[str, tuple] | None =
     ``scale``; ``given`` (options set explicitly) override the preset's values."""
     if not (0 < scale <= 1):
         raise SweepError(f"--scale must be in (0, 1], got {scale}")
-    preset, given = PRESETS[name] if name in PRESETS else None, dict(given or {})
-    entries = preset_grid(name, only, given)
+    given = dict(given or {})
+    entries = preset_grid(name, only, given)  # (raises for an unknown preset)
+    preset = PRESETS[name]
     out = []
     for entry in entries:
         train: dict[str, Any] = {**preset.fixed, **entry, "batch_size": _BATCH.get(entry["dataset"], 64)}

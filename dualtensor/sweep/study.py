@@ -8,17 +8,21 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..train import Callback, TrainingDiverged, fit
-from ..train.rundir import RunDirError
+from ..train import Callback, RunDirBusy, TrainingDiverged, fit
 from .config import SweepConfig, SweepError
 from .folder import SweepDir, worker_id
 
-__all__ = ["open_study", "run_trial", "reclaim", "counts", "PruneOnPlateau", "run_mode_of", "load_summary"]
+__all__ = ["open_study", "run_trial", "reclaim", "wait_for", "counts", "PruneOnPlateau", "run_mode_of",
+           "load_summary", "TrialInUse"]
 
 # how often a trial's worker tells an RDB storage it lives, and after how long without word its trial
 # counts as dead (then Optuna fails it and the sweep runs it again)
 HEARTBEAT_S, GRACE_S = 20, 120
 ORPHAN_S = 60
+
+
+class TrialInUse(Exception):
+    """The trial's run folder is live in another process (two workers took the same queued trial)."""
 
 
 def _optuna() -> Any:
@@ -37,12 +41,12 @@ def open_study(config: SweepConfig, sampler_seed: int | None = None) -> Any:
     optuna = _optuna()
     url = config.storage_url
     kwargs: dict = {}
-    if url.startswith("sqlite:///"):  # several local workers share the file: wait for locks, and write-ahead
-        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # logging so readers never block a writer
+    if config.local:  # several local workers share the file: wait for locks, and write-ahead logging
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # so readers never block a writer
         _wal(Path(url[len("sqlite:///"):]))
     for attempt in range(6):  # workers starting together race to create the tables: the loser retries
         try:
-            beat = {} if url.startswith("sqlite") else {  # SQLite: local workers, their locks say who lives
+            beat = {} if config.local else {  # SQLite: local workers, their locks say who lives
                 "heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S,
                 "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)}
             storage = optuna.storages.RDBStorage(url, **beat, **kwargs)
@@ -139,10 +143,8 @@ def run_trial(trial: Any, config: SweepConfig, folder: SweepDir, study: Any = No
     try:
         result = fit(run, [prune], resume=mode == "resume", overwrite=mode == "overwrite")
         summary = result.summary
-    except RunDirError as e:
-        if "in use by another run" in str(e):
-            raise TrialInUse(str(e)) from None
-        raise
+    except RunDirBusy as e:
+        raise TrialInUse(str(e)) from None
     except TrainingDiverged:  # a learning rate too high: its best epoch before the divergence counts
         summary = load_summary(out) or {}
     except KeyboardInterrupt:
@@ -197,10 +199,3 @@ def wait_for(study: Any, states: tuple[str, ...], folder: SweepDir, local: bool,
     while any(counts(study).get(s, 0) for s in states):
         reclaim(study, folder, interrupted=False, local=local)
         time.sleep(poll_s)
-
-
-class TrialInUse(Exception):
-    """The trial's run folder is live in another process (two workers took the same queued trial)."""
-
-
-__all__ += ["wait_for", "TrialInUse"]

@@ -1,7 +1,6 @@
 """Running a sweep: worker processes take trials from the study, then the final seed runs."""
 from __future__ import annotations
 
-import math
 import multiprocessing
 import os
 import sys
@@ -9,8 +8,8 @@ import threading
 import time
 from typing import Any
 
-from ..train import TrainingDiverged, fit
-from ..train.rundir import RunDirError
+from ..metrics import mean_std
+from ..train import RunDirBusy, RunDirError, TrainingDiverged, fit
 from .config import SweepConfig
 from .folder import SweepDir, worker_id
 from .study import (TrialInUse, counts, load_summary, open_study, reclaim, run_mode_of, run_trial, wait_for)
@@ -33,11 +32,6 @@ def best_values(study: Any) -> tuple[dict, Any]:
     return dict(best.params), best
 
 
-def _local(config: SweepConfig) -> bool:
-    """True for an SQLite study (one machine's workers, no row locks, no heartbeat needed)."""
-    return config.storage_url.startswith("sqlite")
-
-
 def _best_number(study: Any) -> int | None:
     """The best complete trial's number (None before the first)."""
     return best_values(study)[1].number if counts(study).get("COMPLETE") else None
@@ -47,15 +41,16 @@ def _search(study: Any, config: SweepConfig, folder: SweepDir, progress: "Progre
     """Run trials until the study holds ``trials`` finished or running ones (queued ones first)."""
     done = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
     callbacks = [lambda s, t: progress.update(s)] if progress is not None else []
+
     def spent() -> bool:
         c = counts(study)
         return not c.get("WAITING") and sum(c.get(s, 0) for s in done) >= config.trials
 
     while True:
-        reclaim(study, folder, interrupted=False, local=_local(config))  # killed workers' (interrupted: run_sweep)
+        reclaim(study, folder, interrupted=False, local=config.local)  # killed workers' (interrupted: run_sweep)
         if spent():
             return
-        if _local(config):
+        if config.local:
             if not _one_trial(study, config, folder, spent):
                 return
             for cb in callbacks:
@@ -103,8 +98,10 @@ def _final_runs(study: Any, config: SweepConfig, folder: SweepDir, progress: "Pr
         mode = run_mode_of(out)
         try:
             fit(run, resume=mode == "resume", overwrite=mode == "overwrite")
-        except RunDirError as e:  # another worker took this seed first
-            if "in use by another run" not in str(e) and "already holds a run" not in str(e):
+        except RunDirBusy:  # another worker runs this seed
+            pass
+        except RunDirError as e:  # another worker made this seed's folder first
+            if "already holds a run" not in str(e):
                 raise
         except TrainingDiverged:
             pass  # recorded in its summary (status diverged); the report shows it
@@ -122,7 +119,7 @@ def work(config: SweepConfig, index: int = 0, progress: "Progress | None" = None
         study = open_study(config, sampler_seed=(seed * 7919 + len(open_study(config).trials)) % 2**31)
         while True:
             _search(study, config, folder, progress)
-            wait_for(study, ("RUNNING",), folder, _local(config))  # the best trial is known once no trial runs
+            wait_for(study, ("RUNNING",), folder, config.local)  # the best trial is known once no trial runs
             if not counts(study).get("WAITING"):
                 break
         if config.seeds and counts(study).get("COMPLETE"):
@@ -208,29 +205,27 @@ def run_sweep(config: SweepConfig, quiet: bool = False) -> dict:
     ``workers`` > 1 starts that many local worker processes (BLAS threads split between them unless
     ``train.threads`` is set); the study may be shared with workers elsewhere (``storage``)."""
     config.validate()
-    if config.storage is not None:  # a storage that cannot be opened leaves no sweep folder behind
-        open_study(config)
+    # a given storage is opened first, so one that cannot be opened leaves no sweep folder behind
+    study = open_study(config) if config.storage is not None else None
     folder = SweepDir.open(config)
-    study = open_study(config)
-    reclaim(study, folder, local=_local(config))  # queue the interrupted trials before workers count the budget
+    study = study or open_study(config)
+    reclaim(study, folder, local=config.local)  # queue the interrupted trials before workers count the budget
     progress = Progress(config, folder, quiet)
     try:
         if config.workers == 1:
             progress.update(study)
             work(config, 0, progress)
         else:
-            _run_workers(config, progress)
-            study = open_study(config)
+            _run_workers(config, study, progress)
             if config.seeds and counts(study).get("COMPLETE"):  # a seed whose worker failed
                 _final_runs(study, config, folder, progress)
-        study = open_study(config)
         progress.update(study)
     finally:
         progress.close()
     return _result(config, folder, study)
 
 
-def _run_workers(config: SweepConfig, progress: Progress) -> None:
+def _run_workers(config: SweepConfig, study: Any, progress: Progress) -> None:
     threads = config.train.threads or max(1, (os.cpu_count() or 1) // config.workers)
     spec = SweepConfig(**{**config.__dict__, "train": config.train.replace(threads=threads)}).to_dict()
     ctx = multiprocessing.get_context("spawn")
@@ -238,7 +233,6 @@ def _run_workers(config: SweepConfig, progress: Progress) -> None:
              for i in range(config.workers)]
     for p in procs:
         p.start()
-    study = open_study(config)
     try:
         while any(p.is_alive() for p in procs):
             progress.update(study)
@@ -263,11 +257,12 @@ def _result(config: SweepConfig, folder: SweepDir, study: Any) -> dict:
               for t in study.get_trials(deepcopy=False)]
     c = counts(study)
     result: dict = {"sweep": config.to_dict(), "study": config.study_name, "counts": c, "trials": trials}
+    best = None
     if c.get("COMPLETE"):
-        values, best = best_values(study)
-        result.update(best_trial=best.number, best_val_acc=best.value, best=values)
+        values, trial = best_values(study)
+        best = trial.number
+        result.update(best_trial=best, best_val_acc=trial.value, best=values)
     seeds = []
-    best = _best_number(study)
     for seed in seed_list(config) if best is not None else []:
         s = load_summary(folder.seed_dir(seed, best))
         if s is not None:
@@ -278,9 +273,7 @@ def _result(config: SweepConfig, folder: SweepDir, study: Any) -> dict:
     result["seeds"] = seeds
     accs = [s["test_acc"] for s in seeds if s["test_acc"] is not None]
     if accs:
-        mean = sum(accs) / len(accs)
-        result["test_acc_mean"] = mean
-        result["test_acc_std"] = math.sqrt(sum((a - mean) ** 2 for a in accs) / len(accs))
+        result["test_acc_mean"], result["test_acc_std"] = mean_std(accs)
     result["complete"] = (not any(c.get(s) for s in _OPEN) and len(seeds) == config.seeds
                           and all(s["status"] in FINAL for s in seeds))
     folder.write_result(result)

@@ -25,14 +25,14 @@ from .errors import EXIT_DIVERGED, EXIT_OK, EXIT_USAGE, RunInterrupted, Training
 from .resume import resume_config
 from .runner import FitResult, Run, default_callbacks, fit, load_data, run_mode
 from .loop import EpochStats, evaluate, train_epoch
-from .rundir import RUN_FILES, RunDir, RunDirError
+from .rundir import RUN_FILES, RunDir, RunDirBusy, RunDirError
 from .signals import deferred, interrupt_on_signals
 from .state import TrainState
 from .steps import StepOutput, make_step
 
 __all__ = [
     "fit", "resume_config", "run_mode", "FitResult", "Run", "TrainConfig", "TrainState", "ConfigError",
-    "TrainingDiverged", "RunInterrupted", "RunDir", "RunDirError", "RUN_FILES", "CHOICES", "DEFAULT_LR",
+    "TrainingDiverged", "RunInterrupted", "RunDir", "RunDirError", "RunDirBusy", "RUN_FILES", "CHOICES", "DEFAULT_LR",
     "MODEL_OPTIONS", "RESUME_MUTABLE", "EXIT_OK", "EXIT_USAGE", "EXIT_DIVERGED", "exit_status", "train_epoch",
     "evaluate", "EpochStats", "make_step", "StepOutput", "build_model", "build_optimizer", "build_schedule",
     "tangent_generator", "RandomStreams", "load_data", "Callback", "Every", "FiniteCheck", "ReplicaCheck",

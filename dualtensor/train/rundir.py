@@ -37,7 +37,7 @@ try:
 except ImportError:  # pragma: no cover - not a POSIX system
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["RunDir", "RunDirError", "RUN_FILES", "MARKER", "LOCK", "MODES"]
+__all__ = ["RunDir", "RunDirError", "RunDirBusy", "RUN_FILES", "MARKER", "LOCK", "MODES"]
 
 #: the files a run writes into its folder
 RUN_FILES = ("config.json", "metrics.csv", "metrics.jsonl", "last.npz", "best.npz", "summary.json", "curves.png")
@@ -50,6 +50,10 @@ Entry = list  # [size, mtime_ns, inode, sha256] of one version of a file
 
 class RunDirError(UsageError):
     """The run folder cannot be used as asked (the message names the folder and why)."""
+
+
+class RunDirBusy(RunDirError):
+    """Another live run holds the folder's lock."""
 
 
 def _stat(path: Path) -> list[int]:
@@ -188,8 +192,8 @@ class RunDir:
             except (ValueError, KeyError, TypeError, UnicodeDecodeError):
                 who = ""
             os.close(fd)
-            raise RunDirError(f"--out {path} is in use by another run{who}; wait for it to end or "
-                              "choose another --out") from None
+            raise RunDirBusy(f"--out {path} is in use by another run{who}; wait for it to end or "
+                             "choose another --out") from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path / LOCK).st_ino
         except FileNotFoundError:
