@@ -122,14 +122,16 @@ def time_once(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
 
 def interleaved(steps: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
                 sync: Callable[[], None] = lambda: None, progress: Any = None,
-                min_time: float = 0.0) -> dict[str, list[float]]:
+                min_time: float = 0.0, settle: float = 0.0) -> dict[str, list[float]]:
     """Time each step ``repeats`` times, A/B interleaved (each round runs every step once).
 
     ``warmup`` untimed rounds come first. The order is rotated from round to round so no step
     always follows the same one. With ``min_time`` > 0, a step faster than that (judged from its
     last warm-up call) is run ``ceil(min_time / t)`` times back to back per sample and the sample
-    is the mean per call (timeit-style, for sub-millisecond steps). ``progress`` (a tqdm bar or
-    None) is advanced once per sample. Returns ``{name: [seconds per call, ...]}``.
+    is the mean per call (timeit-style, for sub-millisecond steps). ``settle`` > 0: that many seconds
+    of sleep after every step, so work a library finishes in its own threads after returning (XLA
+    releasing a large step's buffers, measured at ~40 ms on one CPU) is not charged to the next step.
+    ``progress`` (a tqdm bar or None) is advanced once per sample. Returns ``{name: [seconds per call, ...]}``.
     """
     names = list(steps)
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -140,6 +142,8 @@ def interleaved(steps: dict[str, Callable[[], Any]], repeats: int, warmup: int =
         for n in names[shift:] + names[:shift]:
             fn, m = steps[n], number[n]
             t = time_once(fn if m == 1 else (lambda fn=fn, m=m: [fn() for _ in range(m)]), sync) / m
+            if settle > 0:
+                time.sleep(settle)
             if r < warmup:
                 if min_time > 0 and r == warmup - 1:
                     number[n] = max(1, min(1000, math.ceil(min_time / max(t, 1e-9))))

@@ -2,7 +2,8 @@
 
     python bench/peers.py [--models mlp,cnn,resnet18,vit] [--ks 1,4,16] [--aggregates mean,projection]
                           [--perturb weight,activity] [--batch N] [--size full|tiny] [--peers torch,jax]
-                          [--repeats R] [--warmup W] [--threads N|default] [--dtype float32|float64]
+                          [--repeats R] [--warmup W] [--settle S] [--threads N|default]
+                          [--dtype float32|float64]
                           [--check-only] [--json PATH]
 
 Models (bench/runtime_cases.py): the MLP 784-1024-1024-10 and Baydin et al.'s CNN on MNIST-shaped
@@ -39,7 +40,10 @@ relative L2 difference (for weight perturbation's d and estimate relative to at 
 size of d, see direction_scale) within the tolerance (float32: 1e-4 for the MLP, 1e-2 for the deeper nets;
 float64: 1e-9); otherwise the run stops with exit status 1. Timing: one untimed call per step
 (JAX compiles there), ``--warmup`` rounds, then ``--repeats`` rounds, each running every step of the
-model once in a rotated order (dualtensor, torch, jax interleaved); min and median per cell, the
+model once in a rotated order (dualtensor, torch, jax interleaved), with ``--settle`` seconds of sleep
+after every step (rotation keeps each step's predecessor, and XLA finishes freeing a large step's
+buffers in its own threads after returning: without the pause dualtensor's CNN inference measured
+105-120 ms right after JAX's weight k=16 step against 77-83 ms elsewhere); min and median per cell, the
 table's ratio is dualtensor's min over the fastest peer's min (medians in the JSON too).
 ``--threads N`` (default 1) pins the process to N CPUs and sets BLAS (threadpoolctl), torch and, for
 N = 1, XLA (XLA_FLAGS, set before JAX loads) threads; ``default`` leaves all of them alone. The pinning
@@ -271,11 +275,12 @@ def check_workload(case: Case, peers: list, w: Workload, seed: Any, tol: float) 
 
 # ----------------------------------------------------------------------------------------- timing
 
-def time_steps(steps: dict[str, Callable[[], Any]], repeats: int, warmup: int, min_time: float) -> dict:
+def time_steps(steps: dict[str, Callable[[], Any]], repeats: int, warmup: int, min_time: float,
+               settle: float = 0.0) -> dict:
     """One untimed call per step (JIT compilation), then T.interleaved; summaries (ms) with raw times."""
     for fn in steps.values():
         fn()
-    times = T.interleaved(steps, repeats, warmup, min_time=min_time)
+    times = T.interleaved(steps, repeats, warmup, min_time=min_time, settle=settle)
     out = {}
     for name, ts in times.items():
         out[name] = T.summarize(ts)
@@ -283,7 +288,8 @@ def time_steps(steps: dict[str, Callable[[], Any]], repeats: int, warmup: int, m
     return out
 
 
-def time_model(cases: dict, peers: list, wls: list[Workload], repeats: int, warmup: int, min_time: float) -> dict:
+def time_model(cases: dict, peers: list, wls: list[Workload], repeats: int, warmup: int, min_time: float,
+               settle: float = 0.0) -> dict:
     """Every (workload, framework) step of one model, interleaved; {label: {framework: summary}}."""
     steps, where = {}, {}
     for w in wls:
@@ -294,7 +300,7 @@ def time_model(cases: dict, peers: list, wls: list[Workload], repeats: int, warm
         for p in peers:
             steps[f"{label}|{p.name}"] = p.timed(w.kind, w.perturb, w.k, w.agg)
             where[f"{label}|{p.name}"] = (label, p.name)
-    summaries = time_steps(steps, repeats, warmup, min_time)
+    summaries = time_steps(steps, repeats, warmup, min_time, settle)
     out: dict = {}
     for key, s in summaries.items():
         label, fw = where[key]
@@ -422,6 +428,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds after the first call (default 1)")
     p.add_argument("--min-time", type=float, default=0.02, metavar="S",
                    help="steps faster than S seconds are repeated back to back per sample (default 0.02)")
+    p.add_argument("--settle", type=float, default=0.1, metavar="S",
+                   help="seconds of sleep after every timed step (default 0.1): a framework's background work\n"
+                        "after it returns (XLA freeing a large step's buffers) is not charged to the next step")
     p.add_argument("--threads", default="1", help="N: pin to N CPUs, N BLAS/torch/XLA threads (default 1);\n"
                                                   "default: the libraries' defaults, no pinning")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
@@ -443,8 +452,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--ks: comma list of positive integers")
     if a.threads != "default" and not (a.threads.isdigit() and int(a.threads) >= 1):
         p.error("--threads: a positive integer or 'default'")
-    if any(k < 1 for k in a.ks) or a.repeats < 1 or a.warmup < 0 or (a.batch is not None and a.batch < 2):
-        p.error("--ks, --repeats need positive values, --warmup >= 0, --batch >= 2")
+    if any(k < 1 for k in a.ks) or a.repeats < 1 or a.warmup < 0 or (a.batch is not None and a.batch < 2) \
+            or a.settle < 0:
+        p.error("--ks, --repeats need positive values, --warmup >= 0, --settle >= 0, --batch >= 2")
     a.json = a.json or os.path.join(BENCH, "results", f"peers-{a.threads}.json")
     return a
 
@@ -481,7 +491,7 @@ def run_model(name: str, a: argparse.Namespace, mods: dict, log: Callable = prin
     out = {"model": name, "batch": batch, "n_params": case.n_params, "tolerance": tol, "checks": checks, "rows": []}
     if not all(c["ok"] for c in checks) or a.check_only:
         return out
-    times = time_model(cases, peers, wls, a.repeats, a.warmup, a.min_time)
+    times = time_model(cases, peers, wls, a.repeats, a.warmup, a.min_time, a.settle)
     out["rows"] = [summarize_row(name, cases[w.agg or next(iter(cases))], w, times[w.label(name)]) for w in wls]
     log(f"times in ms, min / median of {a.repeats} interleaved repeats; last column: dualtensor min / fastest "
         f"peer min\n")
@@ -512,7 +522,8 @@ def main(argv: list[str] | None = None) -> dict:
     peer_threads = "".join(f"; {n} " + ", ".join(f"{k} {v}" for k, v in threads[n].items()) for n in mods)
     print(f"# bench/peers.py: dualtensor vs {', '.join(mods) or 'no peers'}\n\ncpu {env['cpu_model']}, "
           f"threads {a.threads} (CPUs {threads.get('affinity')}; BLAS {threads['blas']}{peer_threads}), {a.dtype}, "
-          f"normal tangents, no parameter updates, allocator {env['allocator']}\n\n"
+          f"normal tangents, no parameter updates, allocator {env['allocator']}, {a.settle:g} s settle after "
+          f"every step\n\n"
           f"variants: {legend or 'dualtensor only'}\n", flush=True)
     t0 = time.perf_counter()
     runs, failed = [], []

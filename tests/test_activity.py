@@ -234,8 +234,13 @@ def test_samplers_aggregators_options_small():
     # shared tangents: one draw for every sample
     sh = activity_gradient(model, per_sample_ce, x, y, k=3, rng=1, shared=True, return_estimate=True)
     np.testing.assert_array_equal(sh.tangents[:, 0], sh.tangents[:, 1])
+    assert sh.tangents.strides[1] == 0  # the blocks' shared draws side by side stay one broadcast row
     sim = activity_gradient(model, per_sample_ce, x, y, tangents=np.ascontiguousarray(sh.tangents), simulated=True)
     _assert_grads_close(sh.grads, sim.grads)
+    full = activity_gradient(model, per_sample_ce, x, y, tangents=np.ascontiguousarray(sh.tangents),
+                             return_estimate=True)
+    np.testing.assert_allclose(sh.estimate, full.estimate, rtol=1e-10, atol=1e-14)
+    _assert_grads_close(sh.grads, full.grads)
     # structured samplers over the whole activation vector
     o = activity_gradient(model, per_sample_ce, x, y, k=4, sampler="orthonormal", rng=2, return_estimate=True)
     G = np.einsum("kbn,jbn->bkj", o.tangents, o.tangents)

@@ -128,7 +128,7 @@ def test_cli_without_peers(monkeypatch, capsys, tmp_path, global_state):
     _hide_peers(monkeypatch)
     out = tmp_path / "peers.json"
     res = P.main(["--models", "mlp", "--size", "tiny", "--batch", "4", "--ks", "2", "--aggregates", "mean",
-                  "--perturb", "activity", "--repeats", "2", "--warmup", "0", "--threads", "default",
+                  "--perturb", "activity", "--repeats", "2", "--warmup", "0", "--threads", "default", "--settle", "0",
                   "--json", str(out)])
     text = capsys.readouterr().out
     assert "peers: torch not installed — skipped" in text and "peers: jax not installed — skipped" in text
@@ -168,7 +168,7 @@ def test_cli_subprocess_pinned(tmp_path):
     env.pop("XLA_FLAGS", None)
     r = subprocess.run([sys.executable, os.path.join(BENCH, "peers.py"), "--models", "mlp,vit", "--size", "tiny",
                         "--batch", "4", "--ks", "2", "--aggregates", "projection", "--perturb", "weight",
-                        "--repeats", "2", "--threads", "1", "--json", str(out)],
+                        "--repeats", "2", "--threads", "1", "--settle", "0.01", "--json", str(out)],
                        capture_output=True, text=True, timeout=240, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())

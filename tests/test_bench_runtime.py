@@ -140,6 +140,11 @@ def test_timing_helpers():
     times = T.interleaved({"a": lambda: calls.append(1)}, repeats=2, warmup=1, min_time=0.001)
     assert len(times["a"]) == 2 and len(calls) > 3 and (len(calls) - 1) % 2 == 0  # repeated per sample
 
+    # settle: a sleep after every step, outside the timed span
+    t0 = time.perf_counter()
+    times = T.interleaved({"a": lambda: None, "b": lambda: None}, repeats=2, warmup=1, settle=0.05)
+    assert time.perf_counter() - t0 >= 6 * 0.05 and max(times["a"] + times["b"]) < 0.04
+
     peak, out = T.peak_memory(lambda: np.ones(1_000_000), np)
     assert out.shape == (1_000_000,) and 8_000_000 <= peak < 12_000_000
     peak, _ = T.peak_memory(lambda: (np.ones(2_000_000).sum(), None)[1], np)

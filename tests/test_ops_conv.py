@@ -226,19 +226,20 @@ def test_conv2d_layout_chosen_by_output_size(xp, monkeypatch, hw, padding, flat)
 
 
 @pytest.mark.parametrize("xs,ws,opts,shift", [
-    ((2, 8, 28, 28), (4, 8, 3, 3), dict(padding=1), True),     # padded grid 900 / 784 output positions
-    ((2, 8, 6, 6), (4, 8, 3, 3), dict(padding=1), True),       # 64 / 36, just under the threshold
-    ((2, 8, 5, 5), (4, 8, 3, 3), dict(padding=1), False),      # 49 / 25: too many dropped rows
-    ((2, 129, 14, 14), (4, 129, 3, 3), dict(padding=1), True),  # wide: 256 / 196 under the wide threshold
-    ((2, 129, 8, 8), (4, 129, 3, 3), dict(padding=1), False),   # wide: 100 / 64 over it
+    ((2, 8, 28, 28), (4, 8, 3, 3), dict(padding=1), True),     # grid 29*29 / 784 output positions
+    ((2, 8, 3, 3), (4, 8, 3, 3), dict(padding=1), True),       # 16 / 9, just under the threshold
+    ((2, 8, 2, 2), (4, 8, 3, 3), dict(padding=1), False),      # 9 / 4: too many dropped rows
+    ((2, 129, 8, 8), (4, 129, 3, 3), dict(padding=1), True),   # wide: 81 / 64 under the wide threshold
+    ((2, 129, 4, 4), (4, 129, 3, 3), dict(padding=1), False),  # wide: 25 / 16 over it
+    ((2, 8, 8, 8), (4, 8, 3, 3), dict(padding=3), True),       # gaps of 4 rows and columns: 12*12 / 12*12
     ((2, 7, 28, 28), (4, 7, 3, 3), dict(padding=1), False),    # fewer than _SHIFT_MIN_CHANNELS
     ((2, 8, 28, 28), (4, 8, 3, 3), dict(padding=1, stride=2), False),
     ((2, 8, 28, 28), (4, 4, 3, 3), dict(padding=1, groups=2), False),
     ((2, 8, 28, 28), (4, 8, 1, 1), {}, False),                 # 1x1: the columns are a view already
 ])
 def test_conv2d_shift_chosen_by_waste(xp, xs, ws, opts, shift):
-    """The shifted GEMMs run for stride-1 one-group convolutions whose padded grid is at most
-    _SHIFT_MAX_WASTE times the output, for the primal, the tangents and the VJPs alike."""
+    """The shifted GEMMs run for stride-1 one-group convolutions whose grid (rows and images sharing
+    their padding) is at most _SHIFT_MAX_WASTE times the output, for the primal, the tangents and the VJPs alike."""
     x, w = make(xp, xs, 0, dtype=np.float32), make(xp, ws, 1, dtype=np.float32)
     saved = []
     orig = conv_mod._conv2d_impl
@@ -256,6 +257,33 @@ def test_conv2d_shift_chosen_by_waste(xp, xs, ws, opts, shift):
         want = dt.conv2d(x, w, **opts)
     want = to_np(want)  # float32 sums of up to 9 * 129 products, in another order
     np.testing.assert_allclose(to_np(dt.conv2d(x, w, **opts)), want, rtol=1e-5, atol=1e-5 * abs(want).max())
+
+
+@pytest.mark.parametrize("pads,kernel,dilation", [
+    (((1, 1), (1, 1)), (3, 3), (1, 1)),
+    (((0, 1), (1, 2)), (2, 4), (1, 1)),   # "same" for even kernels: the odd unit at the end
+    (((3, 3), (0, 0)), (3, 2), (1, 1)),   # more padding than the kernel reaches: gap rows hold the output
+    (((2, 0), (0, 2)), (3, 3), (2, 1)),   # one-sided padding, dilated rows
+    (((2, 2), (2, 2)), (3, 3), (2, 2)),
+])
+def test_conv2d_shift_shared_padding(xp, monkeypatch, pads, kernel, dilation):
+    """The shifted GEMMs' grid shares zero padding between rows and between images: exact for any
+    padding (asymmetric, wider than the kernel reaches, dilated), primal, tangents and VJPs."""
+    force_layout(monkeypatch, "shift")
+    x, w, b = make(xp, (3, 2, 5, 6), 20), make(xp, (3, 2) + kernel, 21), make(xp, (3,), 22)
+    f = lambda x, w, b: conv_mod._conv2d(x, w, b, stride=(1, 1), pads=pads, dilation=dilation,  # noqa: E731
+                                         groups=1)[0]
+    saved = []
+    orig = conv_mod._conv2d_impl
+
+    def spy(*a, **kw):
+        ans = orig(*a, **kw)
+        saved.append(isinstance(ans[1], conv_mod._Grid))
+        return ans
+
+    monkeypatch.setattr(conv_mod._conv2d, "impl", spy)
+    check_rules(f, (x, w, b), diff=(0, 1, 2), k=3, ref=lambda x, w, b: ref_conv2d(x, w, b, (1, 1), pads, dilation))
+    assert saved and all(saved)
 
 
 @pytest.mark.parametrize("diff", [(0,), (1,), (2,), (0, 1, 2)])

@@ -330,7 +330,7 @@ def _estimate(model: Any, loss_fn: Callable, x: Any, y: Any, k: int | None, samp
                          f"(e.g. reduction='none'), got {getattr(per_sample, 'shape', type(per_sample))}")
     loss = (per_sample.value if simulated else per_sample.primal).mean()  # stays on the device
     if V is None:
-        V = V_parts[0] if len(V_parts) == 1 else xp.concatenate(V_parts, axis=-1)
+        V = V_parts[0] if len(V_parts) == 1 else _side_by_side(V_parts, xp)
     est = None
     if simulated:  # exact gradients of the summed per-sample losses w.r.t. every block output:
         # backprop block by block (block i's input is the tape leaf holding block i-1's output)
@@ -430,6 +430,15 @@ def _rows_estimate(agg: Any, d: Any, V_own: Any, sizes: list, own: tuple[int, in
     first, end = comm.split(B)
     V = _all_tangents(sampler, k, rng.rows(first, end, B), xp, end - first, False, own, V_own[:, first:end], sizes)
     return comm.allgather(xp.ascontiguousarray(agg(d[:, first:end], V)))
+
+
+def _side_by_side(parts: list, xp: Any) -> Any:
+    """The blocks' (k, B, n_i) tangents as one (k, B, n) array; tangents shared by the batch (broadcast
+    over B) stay one broadcast row, which the projection factors once instead of per sample."""
+    if all(aggregators.is_shared(p) for p in parts):
+        row = xp.concatenate([p[:, :1] for p in parts], axis=-1)
+        return xp.broadcast_to(row, (row.shape[0], parts[0].shape[1], row.shape[-1]))
+    return xp.concatenate(parts, axis=-1)
 
 
 def _all_tangents(sampler: Any, k: int, rng: Any, xp: Any, B: int, shared: bool, own: tuple[int, int], V_own: Any,

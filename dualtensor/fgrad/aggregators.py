@@ -44,7 +44,7 @@ def _prepare(d: Any, V: Any, name: str) -> tuple[Any, Any, tuple, Any]:
         raise TypeError(f"{name}: tangents must have a floating dtype, got {V.dtype}")
     out_shape = tuple(V.shape[1:])
     n = math.prod(V.shape[d.ndim:])
-    if d.ndim == 2 and _shared(V):  # keep the stride-0 batch axis: reshape would materialise it
+    if d.ndim == 2 and is_shared(V):  # keep the stride-0 batch axis: reshape would materialise it
         V = V[:, :1].reshape(lead[0], 1, n)
         V = xp.broadcast_to(V, (lead[0], lead[1], n))
     else:
@@ -52,7 +52,7 @@ def _prepare(d: Any, V: Any, name: str) -> tuple[Any, Any, tuple, Any]:
     return d.astype(V.dtype, copy=False), V, out_shape, xp
 
 
-def _shared(V: Any) -> bool:
+def is_shared(V: Any) -> bool:
     """True for a (k, B, …) tangent array broadcast over B (one draw shared by all samples)."""
     return V.ndim >= 3 and V.shape[1] > 1 and V.strides[1] == 0
 
@@ -63,7 +63,7 @@ def _combine(c: Any, V: Any, xp: Any) -> Any:
         # k == 1: dot is 1.7x faster than matmul's (1,)@(1, n) path (float32, n = 1.9M, 1 BLAS thread);
         # for k >= 2 matmul is 0.8-0.97x the time of dot, so it stays
         return xp.dot(c, V) if V.shape[0] == 1 else c @ V
-    if _shared(V):  # tangents shared over the batch: one GEMM (B, k) @ (k, n)
+    if is_shared(V):  # tangents shared over the batch: one GEMM (B, k) @ (k, n)
         return c.T @ V[:, 0]
     return xp.matmul(c.T[:, None, :], V.transpose(1, 0, 2))[:, 0]
 
@@ -96,7 +96,7 @@ def mean(d: Any, V: Any) -> Any:
 def normalized(d: Any, V: Any) -> Any:
     """Σ_i d_i v_i / ‖v_i‖²: the sum over the unit tangents u_i = v_i/‖v_i‖ (zero tangents are skipped)."""
     d, V, shape, xp = _prepare(d, V, "normalized")
-    sq = _sqnorms(V[:, :1], xp) if _shared(V) else _sqnorms(V, xp)
+    sq = _sqnorms(V[:, :1], xp) if is_shared(V) else _sqnorms(V, xp)
     c = d / xp.where(sq == 0, 1, sq)
     return _combine(c, V, xp).reshape(shape)
 
@@ -167,7 +167,7 @@ def _lstsq_projection(d: Any, V: Any, xp: Any, rcond: float) -> Any:
     tangents (k > n, repeated or parallel tangents) still give P_U ∇f. Singular values below
     ``rcond · σ_max`` are treated as zero.
     """
-    if V.ndim == 2 or _shared(V):  # one SVD; d is (k,) or (k, B) right-hand sides
+    if V.ndim == 2 or is_shared(V):  # one SVD; d is (k,) or (k, B) right-hand sides
         V0 = V if V.ndim == 2 else V[:, 0]
         U, s, Wt = xp.linalg.svd(V0, full_matrices=False)  # (k, r), (r,), (r, n)
         keep = s > rcond * s.max()
@@ -210,7 +210,7 @@ def projection(d: Any, V: Any, *, scale: bool = False, cond_max: float | None = 
     if k > n:  # rank(G) <= n < k: singular by construction, go straight to least squares
         _warn_fallback(float("inf"), limit, V.dtype, None, None, f"rank <= n = {n} < k = {k}")
         g = _lstsq_projection(d, V, xp, rc)
-    elif V.ndim == 2 or _shared(V):
+    elif V.ndim == 2 or is_shared(V):
         V0 = V if V.ndim == 2 else V[:, 0]
         G = (V0 @ V0.T).astype(np.float64)
         c, est = _cholesky_solve(G, d64, xp)

@@ -1,8 +1,9 @@
 """2-d convolution (fused primitive): shifted GEMMs over channels-last rows, or im2col + one GEMM.
 
 Stride-1, one-group convolutions (most of a CNN) run as kh*kw GEMMs over a channels-last, zero-padded copy
-of the input flattened to rows (B*Hp*Wp, C), each reading a row block shifted by its kernel offset and
-accumulating into the output by BLAS (see _SHIFT_MAX_WASTE): no im2col copy, and the result is handed on
+of the input flattened to rows (neighbouring rows and images share their padding), each reading a row block
+shifted by its kernel offset and accumulating into the output by BLAS (see _SHIFT_MAX_WASTE): no im2col
+copy, and the result is handed on
 channels-last, so the next such convolution reads it without a transposing copy. The saved input (has_aux)
 is those rows (a _Grid). Rules: input tangents are the same convolution with k folded into the batch;
 weight tangents one more with the k weight tangents side by side as k*O output channels; the input VJP
@@ -256,16 +257,17 @@ def _grad_rows(g: Any, nb: int, groups: int, length: int, flat: bool) -> Any:
 
 # ------------------------------------------------------------------ stride 1: shifted GEMMs, no im2col
 
-# A stride-1, one-group convolution runs as kh*kw GEMMs over a channels-last copy of the padded input,
-# flattened to rows (B*Hp*Wp, C): the output at padded-grid row p is sum over kernel offsets (i, j) of
-# row p + i*dh*Wp + j*dw times W[:, :, i, j]^T, so every term reads a contiguous row block (no im2col copy)
-# and accumulates into the output by BLAS (beta = 1). Rows outside the (Ho, Wo) corner of each image are
-# computed and dropped, hence only when Hp*Wp <= _SHIFT_MAX_WASTE * Ho*Wo, and for more than
-# _SHIFT_WIDE channels (where im2col's one GEMM with a 9x longer reduction gains most) when
-# Hp*Wp <= _SHIFT_MAX_WASTE_WIDE * Ho*Wo. Per-layer A/B: bench/kernels.py (bench/results/kernels-1t.md);
-# by hand (1 BLAS thread, batch 32, 3x3, padding 1, primal / JVP of 4 input tangents, shift vs im2col):
-# 8x8 with 64 channels 1.8 / 9.6 vs 2.3 / 11.9 ms, 6x6 1.2 / 6.0 vs 1.5 / 8.4, 4x4 with 128 channels
-# 2.4 / 12.0 vs 1.9 / 9.1, 8x8 with 256 channels 1.05-1.24x slower.
+# A stride-1, one-group convolution runs as kh*kw GEMMs over a channels-last copy of the input flattened
+# to rows (_Grid): the output whose window starts at grid row p is the sum over kernel offsets (i, j) of
+# row p + i*dh*Wg + j*dw times W[:, :, i, j]^T, so every term reads a contiguous row block (no im2col
+# copy) and accumulates into the output by BLAS (beta = 1). Neighbouring image rows share their zero
+# padding (Wg = W + max(pl, pr) columns: row r's right padding is row r+1's left padding), and so do
+# neighbouring images (H + max(pt, pb) rows each): for 3x3 kernels with padding 1 the GEMMs run over
+# (H+1)(W+1) rows per image instead of (H+2)(W+2), e.g. 7% fewer on 28x28 and 12% on 14x14. The rows
+# outside each image's (Ho, Wo) corner are computed and dropped, hence only when (H+gv)(W+g) <=
+# _SHIFT_MAX_WASTE * Ho*Wo, and for more than _SHIFT_WIDE channels (where im2col's one GEMM with a 9x
+# longer reduction gains most) when it is <= _SHIFT_MAX_WASTE_WIDE * Ho*Wo. Per-layer A/B: bench/kernels.py
+# (bench/results/kernels-1t.md).
 _SHIFT_MAX_WASTE = 1.8
 _SHIFT_WIDE = 128
 _SHIFT_MAX_WASTE_WIDE = 1.35
@@ -274,54 +276,82 @@ _SHIFT_MIN_CHANNELS = 8
 
 
 class _Grid(NamedTuple):
-    """The saved input of a shifted-GEMM convolution: channels-last padded rows (B*Hp*Wp, C)."""
+    """The saved input of a shifted-GEMM convolution: channels-last rows (R*wg, C), R = top + B*hi grid
+    rows of width wg; image n's input row h is grid row top + n*hi + h (columns W.. and rows H.. of each
+    image zero). Output (n, ho, wo), whose window starts at flat row start + n*hi*wg + ho*wg + wo, is row
+    n*hi*wg + ho*wg + wo of the output rows (B*hi*wg, O')."""
     rows: Any
-    hp: int
-    wp: int
+    hi: int
+    wg: int
+    top: int
+    start: int
+
+
+def _gaps(pads: tuple, kernel: tuple, dilation: tuple) -> tuple:
+    """Shared zero rows per image and zero columns per row: each side's padding, and room for the
+    output's (Ho, Wo) corner."""
+    return tuple(max(p0, p1, p0 + p1 - d * (k - 1)) for (p0, p1), k, d in zip(pads, kernel, dilation))
+
+
+def _shift_waste(x_hw: tuple, kernel: tuple, pads: tuple, dilation: tuple) -> float:
+    """Grid rows per output of the shifted GEMMs."""
+    gv, g = _gaps(pads, kernel, dilation)
+    ho, wo = (n + p0 + p1 - d * (k - 1) for n, (p0, p1), k, d in zip(x_hw, pads, kernel, dilation))
+    return (x_hw[0] + gv) * (x_hw[1] + g) / (ho * wo)
 
 
 def _use_shift(x_hw: tuple, channels: int, kernel: tuple, stride: tuple, pads: tuple, dilation: tuple,
                groups: int) -> bool:
     if stride != (1, 1) or groups != 1 or kernel == (1, 1) or channels < _SHIFT_MIN_CHANNELS:
         return False
-    hp, wp = x_hw[0] + sum(pads[0]), x_hw[1] + sum(pads[1])
-    ho, wo = hp - dilation[0] * (kernel[0] - 1), wp - dilation[1] * (kernel[1] - 1)
-    return hp * wp <= (_SHIFT_MAX_WASTE if channels <= _SHIFT_WIDE else _SHIFT_MAX_WASTE_WIDE) * ho * wo
+    limit = _SHIFT_MAX_WASTE if channels <= _SHIFT_WIDE else _SHIFT_MAX_WASTE_WIDE
+    return _shift_waste(x_hw, kernel, pads, dilation) <= limit
 
 
-def _embed(src: Any, hp: int, wp: int, top: int, left: int) -> Any:
-    """A (B, Hp, Wp, C) array holding src (B, h, w, C) at rows top.., columns left.., zeros elsewhere."""
-    nb, h, w, c = src.shape
-    g = _xp(src).empty((nb, hp, wp, c), dtype=src.dtype)
-    for rs, cs in ((slice(0, top), slice(None)), (slice(top + h, hp), slice(None)),
-                   (slice(top, top + h), slice(0, left)), (slice(top, top + h), slice(left + w, wp))):
-        g[:, rs, cs] = 0
-    g[:, top:top + h, left:left + w] = src
-    return g
-
-
-def _grid_rows(x4: Any, pads: tuple) -> _Grid:
-    """(B, C, H, W) -> its zero-padded channels-last rows (B*Hp*Wp, C): one transposing copy."""
-    (pt, pb), (pl, pr) = pads
-    hp, wp = x4.shape[-2] + pt + pb, x4.shape[-1] + pl + pr
-    return _Grid(_embed(x4.transpose(0, 2, 3, 1), hp, wp, pt, pl).reshape(-1, x4.shape[1]), hp, wp)
-
-
-def _shift_offsets(kernel: tuple, dilation: tuple, wp: int) -> list:
-    return [i * dilation[0] * wp + j * dilation[1] for i in range(kernel[0]) for j in range(kernel[1])]
-
-
-def _shift_conv(grid: _Grid, wmats: Any, kernel: tuple, dilation: tuple) -> Any:
-    """Padded-grid output rows (B*Hp*Wp, O') = sum over offsets of shifted row blocks @ wmats[n] (C, O')."""
-    xp, rows = _xp(grid.rows), grid.rows
-    offsets = _shift_offsets(kernel, dilation, grid.wp)
-    m = rows.shape[0] - offsets[-1]  # every padded-grid row that has a full window
-    out = xp.empty((rows.shape[0], wmats.shape[-1]), dtype=xp.result_type(rows.dtype, wmats.dtype))
-    for n, off in enumerate(offsets):
-        _gemm_into(rows[off:off + m], wmats[n], out[:m], accumulate=n > 0)
+def _embed(src: Any, out: Any) -> Any:
+    """Write src (B, h, w, C) into the corner of out (B, H', W', C) and zero the rest of out."""
+    h, w = src.shape[1:3]
+    out[:, h:] = 0
+    out[:, :h, w:] = 0
+    out[:, :h, :w] = src
     return out
 
 
+def _grid_rows(x4: Any, pads: tuple, kernel: tuple, dilation: tuple) -> _Grid:
+    """(B, C, H, W) -> its _Grid: one transposing copy."""
+    nb, c, h, w = x4.shape
+    (pt, _), (pl, _) = pads
+    gv, g = _gaps(pads, kernel, dilation)
+    hi, wg = h + gv, w + g
+    top = pt + (pl > 0)  # a zero row above the first window's left padding
+    grid = _xp(x4).empty((top + nb * hi, wg, c), dtype=x4.dtype)
+    grid[:top] = 0
+    _embed(x4.transpose(0, 2, 3, 1), grid[top:].reshape(nb, hi, wg, c))
+    return _Grid(grid.reshape(-1, c), hi, wg, top, (top - pt) * wg - pl)
+
+
+def _shift_offsets(kernel: tuple, dilation: tuple, wg: int) -> list:
+    return [i * dilation[0] * wg + j * dilation[1] for i in range(kernel[0]) for j in range(kernel[1])]
+
+
+def _shift_span(grid: _Grid, offsets: list) -> int:
+    """Output rows the GEMMs compute: all B*hi*wg but those whose last term would read past the grid
+    (none of them valid)."""
+    n = grid.rows.shape[0]
+    return min(n - grid.top * grid.wg, n - grid.start - offsets[-1])
+
+
+def _shift_conv(grid: _Grid, wmats: Any, kernel: tuple, dilation: tuple) -> Any:
+    """Output rows (B*hi*wg, O') = sum over offsets of shifted row blocks @ wmats[n] (C, O')."""
+    xp, rows = _xp(grid.rows), grid.rows
+    offsets = _shift_offsets(kernel, dilation, grid.wg)
+    m = _shift_span(grid, offsets)
+    out = xp.empty((rows.shape[0] - grid.top * grid.wg, wmats.shape[-1]),
+                   dtype=xp.result_type(rows.dtype, wmats.dtype))
+    for n, off in enumerate(offsets):
+        a = grid.start + off
+        _gemm_into(rows[a:a + m], wmats[n], out[:m], accumulate=n > 0)
+    return out
 def _shift_weights(w: Any) -> Any:
     """(O, C, kh, kw) weights -> (kh*kw, C, O) GEMM operands; a stack (k, O, C, kh, kw) -> (kh*kw, C, k*O)."""
     nd = w.ndim
@@ -331,8 +361,12 @@ def _shift_weights(w: Any) -> Any:
 
 
 def _valid(out_rows: Any, lead: tuple, grid: _Grid, out_hw: tuple) -> Any:
-    """The valid (*lead, Ho, Wo, O') corner of padded-grid output rows, as a view."""
-    return out_rows.reshape(lead + (grid.hp, grid.wp, -1))[..., :out_hw[0], :out_hw[1], :]
+    """The valid (*lead, Ho, Wo, O') corner of output rows, as a view."""
+    return out_rows.reshape(lead + (grid.hi, grid.wg, -1))[..., :out_hw[0], :out_hw[1], :]
+
+
+def _shift_out_hw(x_hw: tuple, kernel: tuple, pads: tuple, dilation: tuple) -> tuple:
+    return tuple(n + p0 + p1 - d * (k - 1) for n, (p0, p1), k, d in zip(x_hw, pads, kernel, dilation))
 
 
 def _nchw(v: Any) -> Any:
@@ -345,8 +379,8 @@ def _nchw(v: Any) -> Any:
 
 def _shift_conv2d(x4: Any, w: Any, b: Any, pads: tuple, dilation: tuple) -> tuple:
     xp, kernel = _xp(x4), w.shape[-2:]
-    grid = _grid_rows(x4, pads)
-    out_hw = (grid.hp - dilation[0] * (kernel[0] - 1), grid.wp - dilation[1] * (kernel[1] - 1))
+    grid = _grid_rows(x4, pads, kernel, dilation)
+    out_hw = _shift_out_hw(x4.shape[-2:], kernel, pads, dilation)
     y = _valid(_shift_conv(grid, _shift_weights(w), kernel, dilation), x4.shape[:1], grid, out_hw)
     if b is not None:  # the bias added in a compacting copy
         y = xp.add(y, b)
@@ -362,7 +396,7 @@ def _shift_conv2d_jvp(tangents: tuple, out: Any, grid: _Grid, x: Any, w: Any, pa
     nb = math.prod(x.shape[:-3])
     res = None
     if tx is not None:  # conv(tx, W): k folded into the batch
-        tgrid = _grid_rows(tx.reshape((k * nb,) + x.shape[-3:]), pads)
+        tgrid = _grid_rows(tx.reshape((k * nb,) + x.shape[-3:]), pads, kernel, dilation)
         res = _valid(_shift_conv(tgrid, _shift_weights(w), kernel, dilation), (k, nb), tgrid, out_hw)
     if tw is not None:  # conv(x, tW): the k weight tangents side by side, one (C, k*O) operand per offset
         y = _valid(_shift_conv(grid, _shift_weights(tw), kernel, dilation), (nb,), grid, out_hw)
@@ -376,26 +410,27 @@ def _shift_conv2d_jvp(tangents: tuple, out: Any, grid: _Grid, x: Any, w: Any, pa
 
 
 def _shift_grad_rows(g: Any, grid: _Grid, out_hw: tuple) -> Any:
-    """An output cotangent (..., O, Ho, Wo) as padded-grid rows (B*Hp*Wp, O), zero on the dropped rows."""
+    """An output cotangent (..., O, Ho, Wo) as output rows (B*hi*wg, O), zero on the dropped rows."""
     o = g.shape[-3]
     gt = g.reshape((-1, o) + tuple(out_hw)).transpose(0, 2, 3, 1)
-    return _embed(gt, grid.hp, grid.wp, 0, 0).reshape(-1, o)
+    out = _xp(g).empty((gt.shape[0], grid.hi, grid.wg, o), dtype=g.dtype)
+    return _embed(gt, out).reshape(-1, o)
 
 
 def _shift_vjp_x(g: Any, grid: _Grid, x: Any, w: Any, pads: tuple, dilation: tuple) -> Any:
     # the adjoint of the shifted sum: every term's cotangent added back into its shifted row block
     xp, kernel = _xp(g), w.shape[-2:]
     gr = _shift_grad_rows(g, grid, g.shape[-2:])
-    offsets = _shift_offsets(kernel, dilation, grid.wp)
-    m = gr.shape[0] - offsets[-1]
+    offsets = _shift_offsets(kernel, dilation, grid.wg)
+    m, a = _shift_span(grid, offsets), grid.start
     wm = xp.ascontiguousarray(_shift_weights(w).transpose(0, 2, 1))  # (kh*kw, O, C)
-    gx = xp.empty((gr.shape[0], w.shape[1]), dtype=xp.result_type(g.dtype, w.dtype))
-    gx[m:] = 0  # offsets[0] == 0: the first term writes rows [0, m), the others add
+    gx = xp.empty((grid.rows.shape[0], w.shape[1]), dtype=xp.result_type(g.dtype, w.dtype))
+    gx[a + m:] = 0  # offsets[0] == 0: the first term writes rows [a, a + m), the others add; rows < a are padding
     for n, off in enumerate(offsets):
-        _gemm_into(gr[:m], wm[n], gx[off:off + m], accumulate=n > 0)
-    (pt, _), (pl, _) = pads
+        _gemm_into(gr[:m], wm[n], gx[a + off:a + off + m], accumulate=n > 0)
     h, wd = x.shape[-2:]
-    gx = _nchw(gx.reshape(-1, grid.hp, grid.wp, w.shape[1])[:, pt:pt + h, pl:pl + wd])
+    gx = gx.reshape(-1, grid.wg, w.shape[1])[grid.top:].reshape(-1, grid.hi, grid.wg, w.shape[1])
+    gx = _nchw(gx[:, :h, :wd])
     if x.flags.c_contiguous:  # the cotangent in its primal's layout: mixed layouts make elementwise rules slow
         gx = xp.ascontiguousarray(gx)
     return gx.reshape(x.shape)
@@ -404,11 +439,11 @@ def _shift_vjp_x(g: Any, grid: _Grid, x: Any, w: Any, pads: tuple, dilation: tup
 def _shift_vjp_w(g: Any, grid: _Grid, w: Any, dilation: tuple) -> Any:
     xp, kernel = _xp(g), w.shape[-2:]
     gr = _shift_grad_rows(g, grid, g.shape[-2:])
-    offsets = _shift_offsets(kernel, dilation, grid.wp)
-    m = gr.shape[0] - offsets[-1]
+    offsets = _shift_offsets(kernel, dilation, grid.wg)
+    m, a = _shift_span(grid, offsets), grid.start
     gw = xp.empty((len(offsets), w.shape[1], w.shape[0]), dtype=xp.result_type(g.dtype, grid.rows.dtype))
     for n, off in enumerate(offsets):
-        _gemm_into(grid.rows[off:off + m].T, gr[:m], gw[n])
+        _gemm_into(grid.rows[a + off:a + off + m].T, gr[:m], gw[n])
     return xp.ascontiguousarray(gw.reshape(kernel + w.shape[1::-1]).transpose(3, 2, 0, 1))
 
 
