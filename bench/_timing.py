@@ -42,6 +42,9 @@ def limit_threads(n: int | None) -> str:
     except ImportError:
         set_thread_env(n)
         return "environment variables (threadpoolctl not installed)"
+    from dualtensor import onednn
+
+    onednn.available()  # load oneDNN's OpenMP runtime first, so that the limit reaches it too
     _limiter = threadpool_limits(limits=int(n))
     return "threadpoolctl"
 
@@ -77,6 +80,9 @@ def environment(xp: Any) -> dict:
     env = {"python": sys.version.split()[0], "numpy": np.__version__, "platform": platform.platform(),
            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
            "backend": xp.__name__, "blas": blas_info()}
+    from dualtensor import onednn
+
+    env["onednn"] = onednn.version()  # conv2d's direct convolutions (float32, NumPy), or None: GEMMs
     try:
         env["load_average"] = os.getloadavg()
     except (AttributeError, OSError):

@@ -2,14 +2,15 @@
 
 * conv: every 3x3 convolution shape of the Baydin CNN and of ResNet18 on CIFAR, timed in each layout
   conv2d can take: the shifted GEMMs over channels-last rows (``shift``) against im2col + GEMM (the
-  batched/flat choice conv2d makes by output size), for the primal, the JVP of k input tangents and the
-  VJP (input and weight), interleaved.
+  batched/flat choice conv2d makes by output size), and oneDNN's direct convolutions (``onednn``, where
+  the onednn extra is installed), for the primal, the JVP of k input tangents and the VJP (input and
+  weight), interleaved.
 * pool: max_pool2d (running maximum over strided slices, bit-mask selection) against the window-last
   argmax it replaced (im2col copy, argmax, int64 positions, one gather), written out here as reference.
 
     python bench/kernels.py [--batch 64] [--k 4] [--repeats 7] [--threads 1] [--json PATH]
 
-Prints Markdown tables (min ms over the repeats; ratio = shift / im2col or new / reference) and writes
+Prints Markdown tables (min ms over the repeats; ratio = shift / im2col, onednn / shift or new / reference) and writes
 JSON (default bench/results/kernels-<threads>t.json).
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ import _timing as T
 
 import dualtensor as dt
 from dualtensor.allocator import heap_arrays
+from dualtensor import onednn
 from dualtensor.ops import conv as conv_mod
 
 # (name, input (C, H, W), output channels): 3x3, padding 1, stride 1
@@ -33,16 +35,19 @@ CONV_LAYERS = [("cnn conv1", (1, 28, 28), 64), ("cnn conv2", (64, 28, 28), 64), 
                ("resnet cifar-stem stage1", (64, 32, 32), 64), ("resnet cifar-stem stage2", (128, 16, 16), 128),
                ("resnet cifar-stem stage3", (256, 8, 8), 256), ("resnet stage1 (imagenet stem)", (64, 8, 8), 64),
                ("resnet stage2 (imagenet stem)", (128, 4, 4), 128)]
+CONV_VARIANTS = ("shift", "im2col") + (("onednn",) if onednn.available() else ())
 POOL_LAYERS = [("cnn pool1", (64, 28, 28), 2, 2, 0), ("cnn pool2", (64, 14, 14), 2, 2, 0),
                ("resnet stem pool", (64, 32, 32), 3, 2, 1)]
 
 
 @contextlib.contextmanager
 def conv_layout(name: str):
-    """``shift``: shifted GEMMs wherever they apply; ``im2col``: never."""
-    names = ("_SHIFT_MAX_WASTE", "_SHIFT_MAX_WASTE_WIDE", "_SHIFT_MIN_CHANNELS")
+    """``shift``: shifted GEMMs wherever they apply; ``im2col``: never; ``onednn``: oneDNN's direct
+    convolutions (conv2d's default where the onednn extra is installed; GEMMs where it declines)."""
+    names = ("_USE_DIRECT", "_SHIFT_MAX_WASTE", "_SHIFT_MAX_WASTE_WIDE", "_SHIFT_MIN_CHANNELS")
     old = [getattr(conv_mod, n) for n in names]
-    for n, v in zip(names, (1e9, 1e9, 1) if name == "shift" else (0, 0, 1 << 30)):
+    values = {"shift": (False, 1e9, 1e9, 1), "im2col": (False, 0, 0, 1 << 30), "onednn": (True, *old[1:])}[name]
+    for n, v in zip(names, values):
         setattr(conv_mod, n, v)
     try:
         yield
@@ -65,7 +70,7 @@ def conv_steps(shape: tuple, out_ch: int, batch: int, k: int, rng) -> dict:
         return run
 
     steps = {}
-    for lay in ("shift", "im2col"):
+    for lay in CONV_VARIANTS:
         steps[("primal", lay)] = in_layout(lay, lambda: dt.conv2d(x, w, b, padding=1))
         steps[("jvp", lay)] = in_layout(lay, lambda: dt.conv2d(dt.DualTensor(x, tx), w, b, padding=1))
         steps[("vjp", lay)] = in_layout(lay, lambda: dt.vjp(lambda x, w: dt.conv2d(x, w, b, padding=1), x, w)[1](g))
@@ -139,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"conv2d 3x3 padding 1, batch {args.batch}, k = {args.k}, {args.threads} BLAS thread(s), min of "
           f"{args.repeats}\n")
     print(table("layer", conv_rows, ("shift", "im2col"), ("primal", "jvp", "vjp")))
+    if "onednn" in CONV_VARIANTS:
+        print(f"\noneDNN {onednn.version()} (conv2d's default with the onednn extra) against the shifted GEMMs\n")
+        print(table("layer", conv_rows, ("onednn", "shift"), ("primal", "jvp", "vjp")))
+    else:
+        print("\noneDNN not installed (the onednn extra): its column is left out")
     print(f"\nmax_pool2d, channels-last input, batch {args.batch}, k = {args.k}\n")
     print(table("layer", pool_rows, ("new", "reference"), ("primal", "jvp")))
     path = args.json or Path(__file__).with_name("results") / f"kernels-{args.threads}t.json"

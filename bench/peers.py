@@ -523,7 +523,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"# bench/peers.py: dualtensor vs {', '.join(mods) or 'no peers'}\n\ncpu {env['cpu_model']}, "
           f"threads {a.threads} (CPUs {threads.get('affinity')}; BLAS {threads['blas']}{peer_threads}), {a.dtype}, "
           f"normal tangents, no parameter updates, allocator {env['allocator']}, {a.settle:g} s settle after "
-          f"every step\n\n"
+          f"every step, dualtensor convolutions: {'oneDNN ' + env['onednn'] if env['onednn'] else 'GEMMs'}\n\n"
           f"variants: {legend or 'dualtensor only'}\n", flush=True)
     t0 = time.perf_counter()
     runs, failed = [], []

@@ -248,6 +248,16 @@ def gemm(a: Any, b: Any, out: Any, accumulate: bool = False) -> Any:
     return out
 
 
+def direct_conv(*arrays: Any) -> Any:
+    """The direct-convolution library for these arrays (:mod:`dualtensor.onednn` for NumPy float32
+    arrays where oneDNN is installed), or None: then conv2d runs as GEMMs (always on CuPy)."""
+    if not all(a is None or (type(a) is np.ndarray and a.dtype == np.float32) for a in arrays):
+        return None
+    from . import onednn
+
+    return onednn if onednn.available() else None
+
+
 _CBLAS: Any = None  # {"f": sgemm, "d": dgemm} of NumPy's own BLAS, or False where it is not found
 
 

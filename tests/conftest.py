@@ -41,8 +41,10 @@ def xp(request):
     return cupy
 
 
-# One BLAS thread for the whole session: the suite shares 2 cores with pytest's own work, and the
-# training code leaves BLAS at the library's default unless --threads says otherwise.
+# One BLAS thread (and one oneDNN OpenMP thread, where the onednn extra is installed) for the whole
+# session: the suite shares 2 cores with pytest's own work, and the training code leaves both at the
+# libraries' defaults unless --threads says otherwise.
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # read by the OpenMP runtime when oneDNN loads it
 try:
     from threadpoolctl import threadpool_limits
 

@@ -55,7 +55,7 @@ LAYOUTS = [*IM2COL_LAYOUTS, "shift"]
 def _settings(name):
     """The conv module settings forcing the layout ``name``."""
     shift = name == "shift"
-    return {"_FLAT_MAX_L": IM2COL_LAYOUTS.get(name, conv_mod._FLAT_MAX_L),
+    return {"_USE_DIRECT": False, "_FLAT_MAX_L": IM2COL_LAYOUTS.get(name, conv_mod._FLAT_MAX_L),
             "_SHIFT_MAX_WASTE": 10 ** 9 if shift else 0, "_SHIFT_MAX_WASTE_WIDE": 10 ** 9 if shift else 0,
             "_SHIFT_MIN_CHANNELS": 1 if shift else 10 ** 9}
 
@@ -251,6 +251,7 @@ def test_conv2d_shift_chosen_by_waste(xp, xs, ws, opts, shift):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(conv_mod._conv2d, "impl", spy)
+        mp.setattr(conv_mod, "_USE_DIRECT", False)  # the GEMM layouts' choice (not oneDNN's)
         dt.conv2d(x, w, **opts)
     assert saved == [shift]
     with layout("batched"):

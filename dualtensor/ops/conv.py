@@ -35,6 +35,7 @@ import math
 import operator
 from typing import Any, NamedTuple
 
+from ..backend import direct_conv as _direct_conv
 from ..backend import gemm as _gemm_into
 from ..backend import get_xp as _xp
 from ..core import Primitive
@@ -447,7 +448,68 @@ def _shift_vjp_w(g: Any, grid: _Grid, w: Any, dilation: tuple) -> Any:
     return xp.ascontiguousarray(gw.reshape(kernel + w.shape[1::-1]).transpose(3, 2, 0, 1))
 
 
+# ------------------------------------------------------------------ a direct-convolution library
+
+# Whether float32 NumPy convolutions go to the direct-convolution library where it is installed (tests and
+# bench/kernels.py turn it off to reach the GEMM layouts). Measured per layer: bench/kernels.py.
+_USE_DIRECT = True
+
+
+class _Direct(NamedTuple):
+    """The saved aux of a convolution run by the direct-convolution library (backend.direct_conv):
+    nothing is kept beyond the primal inputs."""
+    lib: Any
+
+
+def _direct_rows(a: Any, n: int) -> Any:
+    """(..., C, H, W) as (n, C, H, W) (a view where the layout allows)."""
+    return a.reshape((n,) + a.shape[-3:])
+
+
+def _direct_jvp(tangents, out, lib, x, w, b, *, stride, pads, dilation, groups):
+    """Input and weight tangent terms (k, B, O, Ho, Wo), channels-last: conv(tx, W) with k folded into the
+    batch; conv(x, tW) with the k weight tangents side by side as k*O output channels (one call per tangent
+    for grouped convolutions, whose output channels are ordered by group). A term the library declines
+    runs as GEMMs."""
+    tx, tw, _ = tangents
+    k = next(t.shape[0] for t in tangents if t is not None)
+    nb, o = math.prod(x.shape[:-3]), w.shape[0]
+    geo = dict(stride=stride, pads=pads, dilation=dilation, groups=groups)
+
+    def conv(a: Any, wt: Any) -> Any:
+        y = lib.conv_forward(a, wt, None, stride, pads, dilation, groups)
+        return _conv2d_gemm(a, wt, None, **geo)[0] if y is None else y
+
+    res = None
+    if tx is not None:
+        y = conv(_direct_rows(tx, k * nb), w)
+        res = y.reshape((k, nb) + y.shape[1:])
+    if tw is not None:
+        x4 = _direct_rows(x, nb)
+        if groups == 1:
+            y = conv(x4, tw.reshape((k * o,) + w.shape[1:]))
+            y = y.reshape((nb, k, o) + y.shape[2:]).transpose(1, 0, 2, 3, 4)  # a view of a channels-last result
+        else:
+            y = _xp(x).stack([conv(x4, tw[i]) for i in range(k)])
+        if res is None:
+            res = _xp(x).empty((k, nb) + y.shape[-2:] + (o,), dtype=y.dtype).transpose(0, 1, 4, 2, 3)
+            res[...] = y
+        else:
+            res += y
+    return res
+
+
 def _conv2d_impl(x, w, b, *, stride, pads, dilation, groups):
+    lib = _direct_conv(x, w, b) if _USE_DIRECT else None
+    if lib is not None:
+        out = lib.conv_forward(x.reshape((-1,) + x.shape[-3:]), w, b, stride, pads, dilation, groups)
+        if out is not None:
+            return out.reshape(x.shape[:-3] + out.shape[1:]), _Direct(lib)
+    return _conv2d_gemm(x, w, b, stride=stride, pads=pads, dilation=dilation, groups=groups)
+
+
+def _conv2d_gemm(x, w, b, *, stride, pads, dilation, groups):
+    """conv2d as shifted GEMMs or im2col + GEMM: (output, saved _Grid or columns)."""
     lead, o = x.shape[:-3], w.shape[0]
     x4 = x.reshape((-1,) + x.shape[-3:])
     if _use_shift(x.shape[-2:], x.shape[-3], w.shape[-2:], stride, pads, dilation, groups):
@@ -479,6 +541,10 @@ def _conv2d_jvp(tangents, ans, x, w, b, *, stride, pads, dilation, groups):
     tx, tw, tb = tangents
     out, cols = ans
     k = next(t.shape[0] for t in tangents if t is not None)
+    if isinstance(cols, _Direct):
+        res = None if tx is None and tw is None else _direct_jvp(
+            tangents, out, cols.lib, x, w, b, stride=stride, pads=pads, dilation=dilation, groups=groups)
+        return _add_bias_tangent(res, tb, out, k)
     if isinstance(cols, _Grid):
         res = None if tx is None and tw is None else _shift_conv2d_jvp(tangents, out, cols, x, w, pads, dilation)
         return _add_bias_tangent(res, tb, out, k)
@@ -530,6 +596,16 @@ def _conv2d_vjp_x(g, ans, x, w, b, *, stride, pads, dilation, groups):
     # (C, kh, kw, Ho, Wo, N) and every col2im add runs over Wo*N contiguous numbers (not Wo); costs a
     # transposed copy of g and of the result
     out = ans[0]
+    if isinstance(ans[1], _Direct):
+        nb = math.prod(x.shape[:-3])
+        gx = ans[1].lib.conv_backward_data(_direct_rows(g, nb), w, (nb,) + x.shape[-3:], stride, pads, dilation,
+                                           groups)
+        if gx is None:  # declined by the library: the GEMM layouts' VJP of the same convolution
+            geo = dict(stride=stride, pads=pads, dilation=dilation, groups=groups)
+            return _conv2d_vjp_x(g, _conv2d_gemm(x, w, b, **geo), x, w, b, **geo)
+        if x.flags.c_contiguous:  # the cotangent in its primal's layout (as the shifted GEMMs' VJP)
+            gx = _xp(gx).ascontiguousarray(gx)
+        return gx.reshape(x.shape)
     if isinstance(ans[1], _Grid):
         return _shift_vjp_x(g, ans[1], x, w, pads, dilation)
     o, cg, kh, kw = w.shape
@@ -546,6 +622,14 @@ def _conv2d_vjp_x(g, ans, x, w, b, *, stride, pads, dilation, groups):
 
 def _conv2d_vjp_w(g, ans, x, w, b, *, stride, pads, dilation, groups):
     out, cols = ans
+    if isinstance(cols, _Direct):
+        nb = math.prod(x.shape[:-3])
+        gw = cols.lib.conv_backward_weights(_direct_rows(g, nb), _direct_rows(x, nb), w.shape, stride, pads,
+                                            dilation, groups)
+        if gw is None:  # declined by the library: the GEMM layouts' VJP of the same convolution
+            geo = dict(stride=stride, pads=pads, dilation=dilation, groups=groups)
+            return _conv2d_vjp_w(g, _conv2d_gemm(x, w, b, **geo), x, w, b, **geo)
+        return gw
     if isinstance(cols, _Grid):
         return _shift_vjp_w(g, cols, w, dilation)
     flat, length = cols.ndim == 3, out.shape[-1] * out.shape[-2]

@@ -1,4 +1,4 @@
-"""BLAS threads of a run: the library's own default unless a count is given."""
+"""BLAS (and oneDNN) threads of a run: the libraries' own defaults unless a count is given."""
 from __future__ import annotations
 
 import contextlib
@@ -9,13 +9,17 @@ __all__ = ["blas_threads", "blas_thread_count"]
 
 @contextlib.contextmanager
 def blas_threads(n: int | None) -> Iterator[None]:
-    """Limit BLAS to ``n`` threads within the block (threadpoolctl); None leaves the default."""
+    """Limit BLAS, and oneDNN's OpenMP pool where it is installed, to ``n`` threads within the block
+    (threadpoolctl); None leaves the defaults."""
     if n is None:
         yield
         return
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=int(n), user_api="blas"):
+    from ..onednn import available
+
+    available()  # load oneDNN (and with it its OpenMP runtime) now, so that the limit reaches its pool
+    with threadpool_limits(limits=int(n), user_api="blas"), threadpool_limits(limits=int(n), user_api="openmp"):
         yield
 
 

@@ -1,0 +1,158 @@
+"""conv2d through oneDNN (the ``onednn`` extra): float32 primal, tangents and VJPs equal the GEMM layouts'
+(which tests/test_ops_conv.py checks against loop references and finite differences), for every geometry
+conv2d takes; the path is really taken; models train the same; it can be turned off."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import dualtensor as dt
+from dualtensor import onednn
+from dualtensor.ops import conv as conv_mod
+from test_ops_conv import conv_configs
+
+pytestmark = pytest.mark.skipif(not onednn.available(),
+                                reason="oneDNN not installed (pip install -e '.[onednn]')")
+
+
+def _f32(rng, shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def _run(direct, f, args, tangents, cot):
+    """(primal, tangent, VJPs) of f at float32 args with the direct library on or off, and whether it ran."""
+    saved = []
+    orig = conv_mod._conv2d_impl
+
+    def spy(*a, **kw):
+        ans = orig(*a, **kw)
+        saved.append(isinstance(ans[1], conv_mod._Direct))
+        return ans
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(conv_mod, "_USE_DIRECT", direct)
+        mp.setattr(conv_mod._conv2d, "impl", spy)
+        y = f(*[dt.DualTensor(a, t) if t is not None else a for a, t in zip(args, tangents)])
+        out, vjp_fn = dt.vjp(f, *args)
+        grads = vjp_fn(cot(out))
+    return np.asarray(y.primal), np.asarray(y.tangent), [np.asarray(g) for g in grads], saved
+
+
+def _close(a, b, tol=2e-5):
+    np.testing.assert_allclose(a, b, rtol=tol, atol=tol * max(1.0, float(np.abs(b).max())))
+
+
+def _compare(f, args, tangents, seed=0, tol=2e-5, direct=True):
+    """The rules with oneDNN equal the GEMM layouts'; with ``direct``, oneDNN ran every convolution (where it
+    has only its reference loops for a geometry, conv2d keeps the GEMMs)."""
+    rng = np.random.default_rng(seed)
+    cots = {}
+
+    def cot(out):
+        if "g" not in cots:
+            cots["g"] = _f32(rng, out.shape)
+        return cots["g"]
+
+    got = _run(True, f, args, tangents, cot)
+    want = _run(False, f, args, tangents, cot)
+    assert got[3] and not any(want[3])
+    if direct:
+        assert all(got[3])
+    _close(got[0], want[0], tol)
+    _close(got[1], want[1], tol)
+    for g, h in zip(got[2], want[2]):
+        _close(g, h, tol)
+    return got
+
+
+@settings(deadline=None, max_examples=40)
+@given(cfg=conv_configs(), seed=st.integers(0, 2 ** 16))
+def test_direct_equals_gemm_layouts(cfg, seed):
+    rng = np.random.default_rng(seed)
+    k = 3
+    x, w = _f32(rng, cfg["xshape"]), _f32(rng, cfg["wshape"])
+    b = _f32(rng, (cfg["wshape"][0],)) if cfg["bias"] else None
+    if not cfg["contiguous"]:  # strided views are passed in place, with their strides
+        x = np.asarray(np.swapaxes(np.swapaxes(x, -1, -2).copy(), -1, -2))
+        w = w[..., ::1]
+    opts = dict(stride=cfg["stride"], padding=cfg["padding"], dilation=cfg["dilation"], groups=cfg["groups"])
+    diff = [i for i in cfg["diff"] if i < 2 or b is not None]
+    tangents = [_f32(rng, (k,) + a.shape) if a is not None and i in diff else None for i, a in enumerate((x, w, b))]
+    if all(t is None for t in tangents):
+        tangents[0] = _f32(rng, (k,) + x.shape)
+    args = (x, w) if b is None else (x, w, b)
+    _compare(lambda *a: dt.conv2d(*a, **opts), args, tangents[:len(args)], seed, direct=False)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels-last", "batchless"])
+def test_direct_layouts_and_chains(layout):
+    """Channels-last inputs (a convolution's own results) are read in place; the input cotangent comes back
+    in its primal's layout; a chain of convolutions, pooling and ReLU matches the GEMM layouts."""
+    rng = np.random.default_rng(1)
+    x = _f32(rng, (4, 8, 12, 12))
+    if layout == "channels-last":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    elif layout == "batchless":
+        x = x[0]
+    w1, w2, b2 = _f32(rng, (16, 8, 3, 3), 0.2), _f32(rng, (8, 16, 3, 3), 0.2), _f32(rng, (8,))
+
+    def f(x, w1, w2, b2):
+        h = dt.relu(dt.conv2d(x, w1, padding=1))
+        h = dt.max_pool2d(h, 2)
+        return dt.conv2d(h, w2, b2, stride=2, padding=1)
+
+    tangents = [_f32(rng, (2,) + a.shape) for a in (x, w1, w2, b2)]
+    got = _compare(f, (x, w1, w2, b2), tangents)
+    y = dt.conv2d(x, w1, padding=1)
+    assert np.asarray(y).strides[-3] == np.asarray(y).itemsize  # channels-last result
+    _, vjp_fn = dt.vjp(lambda x: dt.conv2d(x, w1, padding=1), x)
+    gx = vjp_fn(np.ones(y.shape, np.float32))[0]
+    assert gx.flags.c_contiguous == x.flags.c_contiguous
+    assert got[0].shape == (8, 3, 3) if layout == "batchless" else got[0].shape == (4, 8, 3, 3)
+
+
+def test_direct_models_train_alike():
+    """A CNN's backprop and activity-perturbation gradients with oneDNN equal the GEMM layouts' (float32)."""
+    from dualtensor.fgrad import activity_gradient
+    from dualtensor.nn import functional as F
+    from dualtensor.nn.models.blocked import Blocked
+
+    rng = np.random.default_rng(2)
+    dt.nn.init.manual_seed(0)
+    model = Blocked([dt.nn.Sequential(dt.nn.Conv2d(3, 8, 3, 1, 1), dt.nn.ReLU(), dt.nn.MaxPool2d(2)),
+                     dt.nn.Sequential(dt.nn.Conv2d(8, 8, 3, 1, 1), dt.nn.ReLU()),
+                     dt.nn.Sequential(dt.nn.Flatten(), dt.nn.Linear(8 * 8 * 8, 10))])
+    for p in model.parameters():
+        p.data = p.data.astype(np.float32)
+    x, y = _f32(rng, (6, 3, 16, 16)), rng.integers(0, 10, 6)
+    per_sample = lambda logits, y: F.cross_entropy(logits, y, reduction="none")  # noqa: E731
+    res = {}
+    for direct in (True, False):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(conv_mod, "_USE_DIRECT", direct)
+            a = activity_gradient(model, per_sample, x, y, k=4, rng=3)
+            names = [n for n, _ in model.named_parameters()]
+            params = [p.data for _, p in model.named_parameters()]
+            loss, vjp_fn = dt.vjp(lambda *ps: F.cross_entropy(dt.nn.functional_call(model, dict(zip(names, ps)), x),
+                                                              y), *params)
+            res[direct] = (a.d, a.grads, vjp_fn(np.float32(1.0)))
+    _close(res[True][0], res[False][0], 1e-4)
+    for n in res[True][1]:
+        _close(res[True][1][n], res[False][1][n], 1e-4)
+    for g, h in zip(res[True][2], res[False][2]):
+        _close(g, h, 1e-4)
+
+
+def test_float64_and_switch_off():
+    """float64 stays on the GEMM layouts; DUALTENSOR_ONEDNN=0 leaves the library unloaded."""
+    x, w = np.ones((1, 8, 5, 5)), np.ones((4, 8, 3, 3))
+    ans = conv_mod._conv2d_impl(x, w, None, stride=(1, 1), pads=((1, 1), (1, 1)), dilation=(1, 1), groups=1)
+    assert not isinstance(ans[1], conv_mod._Direct)
+    code = "from dualtensor import onednn; print(onednn.available(), onednn.version())"
+    env = dict(os.environ, DUALTENSOR_ONEDNN="0")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.split() == ["False", "None"]
+    assert onednn.version().startswith("3.")
