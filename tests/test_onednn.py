@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 import dualtensor as dt
 from dualtensor import onednn
 from dualtensor.ops import conv as conv_mod
-from test_ops_conv import conv_configs
+from test_ops_conv import conv_configs, saved_aux
 
 pytestmark = pytest.mark.skipif(not onednn.available(),
                                 reason="oneDNN not installed (pip install -e '.[onednn]')")
@@ -24,17 +24,9 @@ def _f32(rng, shape, scale=1.0):
 
 def _run(direct, f, args, tangents, cot):
     """(primal, tangent, VJPs) of f at float32 args with the direct library on or off, and whether it ran."""
-    saved = []
-    orig = conv_mod._conv2d_impl
-
-    def spy(*a, **kw):
-        ans = orig(*a, **kw)
-        saved.append(isinstance(ans[1], conv_mod._Direct))
-        return ans
-
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(conv_mod, "_USE_DIRECT", direct)
-        mp.setattr(conv_mod._conv2d, "impl", spy)
+        saved = saved_aux(mp, conv_mod._Direct)
         y = f(*[dt.DualTensor(a, t) if t is not None else a for a, t in zip(args, tangents)])
         out, vjp_fn = dt.vjp(f, *args)
         grads = vjp_fn(cot(out))

@@ -79,6 +79,21 @@ def force_layout(monkeypatch, name):
         monkeypatch.setattr(conv_mod, a, v)
 
 
+def saved_aux(mp, kind):
+    """Spy on conv2d's primal (through the monkeypatch ``mp``): the list it returns gets, per call, whether
+    the saved aux was a ``kind`` (conv._Grid: shifted GEMMs; conv._Direct: the direct library)."""
+    saved = []
+    orig = conv_mod._conv2d_impl
+
+    def spy(*a, **kw):
+        ans = orig(*a, **kw)
+        saved.append(isinstance(ans[1], kind))
+        return ans
+
+    mp.setattr(conv_mod._conv2d, "impl", spy)
+    return saved
+
+
 @st.composite
 def conv_configs(draw):
     groups = draw(st.sampled_from([1, 1, 2]))
@@ -241,16 +256,8 @@ def test_conv2d_shift_chosen_by_waste(xp, xs, ws, opts, shift):
     """The shifted GEMMs run for stride-1 one-group convolutions whose grid (rows and images sharing
     their padding) is at most _SHIFT_MAX_WASTE times the output, for the primal, the tangents and the VJPs alike."""
     x, w = make(xp, xs, 0, dtype=np.float32), make(xp, ws, 1, dtype=np.float32)
-    saved = []
-    orig = conv_mod._conv2d_impl
-
-    def spy(*a, **kw):
-        ans = orig(*a, **kw)
-        saved.append(isinstance(ans[1], conv_mod._Grid))
-        return ans
-
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(conv_mod._conv2d, "impl", spy)
+        saved = saved_aux(mp, conv_mod._Grid)
         mp.setattr(conv_mod, "_USE_DIRECT", False)  # the GEMM layouts' choice (not oneDNN's)
         dt.conv2d(x, w, **opts)
     assert saved == [shift]
@@ -274,15 +281,7 @@ def test_conv2d_shift_shared_padding(xp, monkeypatch, pads, kernel, dilation):
     x, w, b = make(xp, (3, 2, 5, 6), 20), make(xp, (3, 2) + kernel, 21), make(xp, (3,), 22)
     f = lambda x, w, b: conv_mod._conv2d(x, w, b, stride=(1, 1), pads=pads, dilation=dilation,  # noqa: E731
                                          groups=1)[0]
-    saved = []
-    orig = conv_mod._conv2d_impl
-
-    def spy(*a, **kw):
-        ans = orig(*a, **kw)
-        saved.append(isinstance(ans[1], conv_mod._Grid))
-        return ans
-
-    monkeypatch.setattr(conv_mod._conv2d, "impl", spy)
+    saved = saved_aux(monkeypatch, conv_mod._Grid)
     check_rules(f, (x, w, b), diff=(0, 1, 2), k=3, ref=lambda x, w, b: ref_conv2d(x, w, b, (1, 1), pads, dilation))
     assert saved and all(saved)
 

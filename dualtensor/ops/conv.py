@@ -1,4 +1,9 @@
-"""2-d convolution (fused primitive): shifted GEMMs over channels-last rows, or im2col + one GEMM.
+"""2-d convolution (fused primitive): a direct-convolution library, shifted GEMMs over channels-last rows, or
+im2col + one GEMM.
+
+Where backend.direct_conv offers a library (oneDNN, the ``onednn`` extra: float32 NumPy arrays), the primal,
+both VJPs and the tangents (k input tangents folded into the batch, k weight tangents as k*O output channels)
+are its calls on channels-last data (saved aux: a _Direct); geometries it declines keep the GEMMs below.
 
 Stride-1, one-group convolutions (most of a CNN) run as kh*kw GEMMs over a channels-last, zero-padded copy
 of the input flattened to rows (neighbouring rows and images share their padding), each reading a row block
