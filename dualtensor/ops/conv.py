@@ -299,10 +299,14 @@ def _gaps(pads: tuple, kernel: tuple, dilation: tuple) -> tuple:
     return tuple(max(p0, p1, p0 + p1 - d * (k - 1)) for (p0, p1), k, d in zip(pads, kernel, dilation))
 
 
+def _shift_out_hw(x_hw: tuple, kernel: tuple, pads: tuple, dilation: tuple) -> tuple:
+    return tuple(n + p0 + p1 - d * (k - 1) for n, (p0, p1), k, d in zip(x_hw, pads, kernel, dilation))
+
+
 def _shift_waste(x_hw: tuple, kernel: tuple, pads: tuple, dilation: tuple) -> float:
     """Grid rows per output of the shifted GEMMs."""
     gv, g = _gaps(pads, kernel, dilation)
-    ho, wo = (n + p0 + p1 - d * (k - 1) for n, (p0, p1), k, d in zip(x_hw, pads, kernel, dilation))
+    ho, wo = _shift_out_hw(x_hw, kernel, pads, dilation)
     return (x_hw[0] + gv) * (x_hw[1] + g) / (ho * wo)
 
 
@@ -369,10 +373,6 @@ def _shift_weights(w: Any) -> Any:
 def _valid(out_rows: Any, lead: tuple, grid: _Grid, out_hw: tuple) -> Any:
     """The valid (*lead, Ho, Wo, O') corner of output rows, as a view."""
     return out_rows.reshape(lead + (grid.hi, grid.wg, -1))[..., :out_hw[0], :out_hw[1], :]
-
-
-def _shift_out_hw(x_hw: tuple, kernel: tuple, pads: tuple, dilation: tuple) -> tuple:
-    return tuple(n + p0 + p1 - d * (k - 1) for n, (p0, p1), k, d in zip(x_hw, pads, kernel, dilation))
 
 
 def _nchw(v: Any) -> Any:
@@ -471,7 +471,7 @@ def _direct_rows(a: Any, n: int) -> Any:
     return a.reshape((n,) + a.shape[-3:])
 
 
-def _direct_jvp(tangents, out, lib, x, w, b, *, stride, pads, dilation, groups):
+def _direct_jvp(tangents, lib, x, w, *, stride, pads, dilation, groups):
     """Input and weight tangent terms (k, B, O, Ho, Wo), channels-last: conv(tx, W) with k folded into the
     batch; conv(x, tW) with the k weight tangents side by side as k*O output channels (one call per tangent
     for grouped convolutions, whose output channels are ordered by group). A term the library declines
@@ -548,7 +548,7 @@ def _conv2d_jvp(tangents, ans, x, w, b, *, stride, pads, dilation, groups):
     k = next(t.shape[0] for t in tangents if t is not None)
     if isinstance(cols, _Direct):
         res = None if tx is None and tw is None else _direct_jvp(
-            tangents, out, cols.lib, x, w, b, stride=stride, pads=pads, dilation=dilation, groups=groups)
+            tangents, cols.lib, x, w, stride=stride, pads=pads, dilation=dilation, groups=groups)
         return _add_bias_tangent(res, tb, out, k)
     if isinstance(cols, _Grid):
         res = None if tx is None and tw is None else _shift_conv2d_jvp(tangents, out, cols, x, w, pads, dilation)
