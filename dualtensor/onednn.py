@@ -88,14 +88,17 @@ class _Library:
                    "memory desc")
         return md
 
+    def implementation(self, pd: ctypes.c_void_p) -> str:
+        """The name of the implementation oneDNN chose for ``pd``, e.g. ``"jit:avx2"``."""
+        name = ctypes.c_char_p()
+        self.check(self.lib.dnnl_primitive_desc_query(pd, _Q_IMPL, 0, ctypes.byref(name)), "query")
+        return (name.value or b"").decode()
+
     def primitive(self, pd: ctypes.c_void_p, fast: bool = True) -> ctypes.c_void_p:
         """The primitive of ``pd``; with ``fast``, refused (RuntimeError) when oneDNN only has its reference
         implementation for it (plain loops, far slower than the GEMM layouts)."""
-        if fast:
-            name = ctypes.c_char_p()
-            self.check(self.lib.dnnl_primitive_desc_query(pd, _Q_IMPL, 0, ctypes.byref(name)), "query")
-            if (name.value or b"").startswith(b"ref"):
-                raise RuntimeError(f"oneDNN: only the reference implementation ({name.value.decode()})")
+        if fast and self.implementation(pd).startswith("ref"):
+            raise RuntimeError(f"oneDNN: only the reference implementation ({self.implementation(pd)})")
         p = ctypes.c_void_p()
         self.check(self.lib.dnnl_primitive_create(ctypes.byref(p), pd), "primitive")
         return p
@@ -294,6 +297,10 @@ def conv_backward_weights(g: Any, x: Any, w_shape: tuple, stride: tuple, pads: t
         lib.check(lib.lib.dnnl_convolution_backward_weights_primitive_desc_create(
             ctypes.byref(pd), lib.engine, _DIRECT, src, wmd, None, ddst, *_geometry(stride, pads, dilation), hint,
             None), "convolution backward weights")
+        if lib.implementation(pd).startswith("jit_1x1") and max(stride) > 1:
+            # oneDNN 3.2's strided 1x1 weight-gradient kernel (its reduce-to-unit-stride copy) corrupts the heap
+            # on AVX2 CPUs (seen on an AMD EPYC; results right, malloc aborts later): the GEMMs take these
+            raise RuntimeError("oneDNN: strided 1x1 backward-weights kernel declined")
         wmd = ctypes.c_void_p(lib.lib.dnnl_primitive_desc_query_md(pd, _Q_DIFF_WEIGHTS, 0))
         user = lib.desc(gw, plain=True)
         return lib.primitive(pd), src, wmd, ddst, lib.reorder(wmd, user), user
