@@ -38,7 +38,8 @@ Before timing, each peer is checked against dualtensor on the same tangents (dra
 timed step draws them): losses, directional derivatives, estimates and gradients must agree to a
 relative L2 difference (for weight perturbation's d and estimate relative to at least the typical
 size of d, see direction_scale) within the tolerance (float32: 1e-4 for the MLP, 1e-2 for the deeper nets;
-float64: 1e-9; weight projection at least 2·sqrt(|θ|)·eps, see gram_tolerance); otherwise the run stops with exit status 1. Timing: one untimed call per step
+float64: 1e-9; weight projection at least 2·sqrt(|θ|)·eps, see gram_tolerance); otherwise the run
+stops with exit status 1. Timing: one untimed call per step
 (JAX compiles there), ``--warmup`` rounds, then ``--repeats`` rounds, each running every step of the
 model once in a rotated order (dualtensor, torch, jax interleaved), with ``--settle`` seconds of sleep
 after every step (rotation keeps each step's predecessor, and XLA finishes freeing a large step's
@@ -488,15 +489,14 @@ def run_model(name: str, a: argparse.Namespace, mods: dict, log: Callable = prin
     tol = a.tol if a.tol is not None else tolerance(name, a.dtype)
     log(f"## {name} ({case.n_params:,} parameters, {case.dataset}-shaped batch {batch} {tuple(case.x.shape[1:])}, "
         f"{a.dtype})\n")
+    gram_tol = tol if a.tol is not None else max(tol, gram_tolerance(case.n_params, a.dtype))
     checks = []
     for i, w in enumerate(wls):
-        wtol = tol if a.tol is not None or (w.perturb, w.agg) != ("weight", "projection") else \
-            max(tol, gram_tolerance(case.n_params, a.dtype))
+        wtol = gram_tol if (w.perturb, w.agg) == ("weight", "projection") else tol
         checks += check_workload(cases[w.agg or next(iter(cases))], peers, w, [a.seed, 101, i], wtol)
     fws = [p.name for p in peers]
     log(f"agreement with dualtensor for the same tangents: max relative L2 difference over loss, d, estimate "
-        f"and gradients (tolerance {tol:g}, weight projection "
-        f"{tol if a.tol is not None else max(tol, gram_tolerance(case.n_params, a.dtype)):.2g}: see gram_tolerance); "
+        f"and gradients (tolerance {tol:g}, weight projection {gram_tol:.2g}: see gram_tolerance); "
         f"'dualtensor timed step': the timed step, drawing its own "
         f"tangents from the same seed, against dualtensor given the tangents the peers get\n")
     log(table(check_rows(checks, fws), ["workload", "dualtensor timed step", *fws]) + "\n")

@@ -7,7 +7,8 @@ shifted OpenBLAS GEMMs (bench/kernels.py). Only the NumPy backend uses it (CuPy 
 for float32, and only where the library loads: :func:`available` says so, and ``DUALTENSOR_ONEDNN=0``
 turns it off. Channels-last arrays (conv2d's own results) are passed in place, others after one transposing
 copy; results are channels-last. Geometries for which oneDNN has only its reference loops (e.g. one input
-channel) are declined (None), and conv2d keeps its GEMMs for them.
+channel) are declined (None), and conv2d keeps its GEMMs for them; so is the strided 1x1 weight gradient, whose
+oneDNN 3.2 kernel corrupts the heap on AVX2 CPUs.
 Primitive descriptors are cached per shape, strides and options (creating one costs about 0.7 ms).
 
 The wheel ``onednn-cpu-gomp`` installs ``libdnnl.so.3`` under ``sys.prefix/lib`` (oneDNN 3.2, GNU OpenMP
