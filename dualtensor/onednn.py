@@ -98,8 +98,9 @@ class _Library:
     def primitive(self, pd: ctypes.c_void_p, fast: bool = True) -> ctypes.c_void_p:
         """The primitive of ``pd``; with ``fast``, refused (RuntimeError) when oneDNN only has its reference
         implementation for it (plain loops, far slower than the GEMM layouts)."""
-        if fast and self.implementation(pd).startswith("ref"):
-            raise RuntimeError(f"oneDNN: only the reference implementation ({self.implementation(pd)})")
+        name = self.implementation(pd) if fast else ""
+        if name.startswith("ref"):
+            raise RuntimeError(f"oneDNN: only the reference implementation ({name})")
         p = ctypes.c_void_p()
         self.check(self.lib.dnnl_primitive_create(ctypes.byref(p), pd), "primitive")
         return p

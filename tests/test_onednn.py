@@ -154,7 +154,7 @@ _HEAP_SCRIPT = r"""
 import numpy as np
 from dualtensor import onednn
 rng = np.random.default_rng(0)
-# (x shape, weight shape, stride, pads): ResNet stems, 3x3 stages, 1x1 shortcuts (strided), a grouped layer
+# (x shape, weight shape, stride, padding, groups): ResNet stems, 3x3 stages, 1x1 shortcuts (strided), a grouped layer
 for xs, ws, s, p, groups in [((4, 3, 16, 16), (8, 3, 7, 7), 2, 3, 1), ((4, 4, 8, 8), (4, 4, 3, 3), 1, 1, 1),
                              ((4, 4, 8, 8), (8, 4, 3, 3), 2, 1, 1), ((4, 4, 8, 8), (8, 4, 1, 1), 2, 0, 1),
                              ((4, 8, 8, 8), (16, 8, 1, 1), 1, 0, 1), ((2, 8, 6, 6), (8, 2, 3, 3), 1, 1, 4)]:
