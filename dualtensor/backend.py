@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import types
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -258,12 +259,13 @@ def direct_conv(*arrays: Any) -> Any:
     return onednn if onednn.available() else None
 
 
-_CBLAS: Any = None  # {"f": sgemm, "d": dgemm} of NumPy's own BLAS, or False where it is not found
+_CBLAS: Any = None  # {"f": sgemm, "d": dgemm, "threads": get_num_threads} of NumPy's own BLAS, or False
 
 
 def _numpy_cblas() -> Any:
-    """cblas_sgemm/dgemm (ILP64) of the BLAS library NumPy's wheels bundle, found among the loaded
-    BLAS libraries (threadpoolctl) under NumPy's install; False when there is none (then SciPy's)."""
+    """cblas_sgemm/dgemm (ILP64) and the thread-count query of the BLAS library NumPy's wheels bundle,
+    found among the loaded BLAS libraries (threadpoolctl) under NumPy's install; False when there is
+    none (then SciPy's)."""
     global _CBLAS
     if _CBLAS is None:
         _CBLAS = False
@@ -281,16 +283,106 @@ def _numpy_cblas() -> Any:
                 lib = ctypes.CDLL(path)
                 for prefix in ("scipy_", ""):
                     fns = {c: getattr(lib, f"{prefix}cblas_{t}gemm64_", None) for c, t in (("f", "s"), ("d", "d"))}
+                    fns["threads"] = getattr(lib, f"{prefix}openblas_get_num_threads64_", None)
                     if all(fns.values()):
                         i, i64, p = ctypes.c_int, ctypes.c_int64, ctypes.c_void_p
                         for c, scalar in (("f", ctypes.c_float), ("d", ctypes.c_double)):
                             fns[c].argtypes = [i, i, i, i64, i64, i64, scalar, p, i64, p, i64, scalar, p, i64]
                             fns[c].restype = None
+                        fns["threads"].argtypes, fns["threads"].restype = [], ctypes.c_int
                         _CBLAS = fns
                         return _CBLAS
         except Exception:  # noqa: BLE001 - any failure means: use the portable path
             _CBLAS = False
     return _CBLAS
+
+
+def cpu_threads() -> int:
+    """The threads NumPy's BLAS may use now (OpenBLAS's own count, so ``OPENBLAS_NUM_THREADS``,
+    ``--threads`` and threadpoolctl limits apply); 1 where it cannot be asked. :func:`run_parallel`
+    uses as many, so elementwise work follows the same limit as the products."""
+    fns = _numpy_cblas()
+    return max(1, int(fns["threads"]())) if fns else 1
+
+
+class _Pool:
+    """Worker threads for :func:`run_parallel`, started on first use and again in a forked child."""
+
+    def __init__(self) -> None:
+        self.pid, self.executor, self.size = None, None, 0
+
+    def get(self, n: int) -> Any:
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self.pid != os.getpid() or self.size < n:
+            if self.executor is not None and self.pid == os.getpid():
+                self.executor.shutdown(wait=True)
+            self.pid, self.size = os.getpid(), n
+            self.executor = ThreadPoolExecutor(max_workers=n, thread_name_prefix="dualtensor")
+        return self.executor
+
+
+_POOL = _Pool()
+
+
+def run_parallel(tasks: Iterable[Callable[[], Any]]) -> None:
+    """Run independent tasks on up to :func:`cpu_threads` threads, the caller's among them: each task,
+    taken in order from ``tasks``, goes to an idle worker thread, or runs on the calling thread when every
+    worker is busy with one task and has another queued. For NumPy work that releases the GIL (ufuncs on large arrays) writing disjoint
+    outputs; a generator of tasks may prepare each one in order (draw its random bits, say) while the
+    earlier ones run. Re-raises the first task error."""
+    n = cpu_threads()
+    if n <= 1:
+        for t in tasks:
+            t()
+        return
+    pool, futures, depth = _POOL.get(n - 1), [], 2 * (n - 1)  # a queued task per worker keeps it busy
+    for t in tasks:
+        if sum(not f.done() for f in futures[-depth:]) < depth:
+            futures.append(pool.submit(t))
+        else:
+            t()
+    for f in futures:
+        f.result()
+
+
+BLAS_SPIN_LOG2 = 16  # idle OpenBLAS workers poll for 2**16 TSC cycles (about 25 us), then sleep
+
+
+def let_idle_blas_threads_sleep(spin_log2: int = BLAS_SPIN_LOG2) -> list[str]:
+    """Make the worker threads of every loaded OpenBLAS (NumPy's and SciPy's) sleep after ``2**spin_log2``
+    cycles of idle polling instead of OpenBLAS's ``2**28`` (about 0.1 s); returns the libraries changed.
+
+    A spinning worker holds a core for that long after every product, which is harmless while BLAS is
+    the only thread pool but takes a core from another pool's threads (oneDNN's OpenMP convolutions,
+    called between the linear layers' products). OpenBLAS reads its ``OPENBLAS_THREAD_TIMEOUT`` when
+    its pool starts, so the pool is restarted here (what OpenBLAS itself does after a fork); a
+    ``OPENBLAS_THREAD_TIMEOUT`` set by the user is left in force. Call it while no other thread runs BLAS."""
+    import ctypes
+    import os
+
+    if "OPENBLAS_THREAD_TIMEOUT" in os.environ:
+        return []
+    try:
+        from threadpoolctl import threadpool_info
+
+        libs = [i["filepath"] for i in threadpool_info() if i.get("internal_api") == "openblas" and i.get("filepath")]
+    except Exception:  # noqa: BLE001 - no threadpoolctl view: nothing to change
+        return []
+    done = []
+    os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(int(spin_log2))
+    try:
+        for path in libs:
+            lib = ctypes.CDLL(path)
+            fns = [getattr(lib, n, None) for n in ("openblas_read_env", "blas_thread_shutdown_", "blas_thread_init")]
+            if all(fns):
+                for fn in fns:
+                    fn()
+                done.append(path)
+    finally:
+        del os.environ["OPENBLAS_THREAD_TIMEOUT"]  # children start with OpenBLAS's default again
+    return done
 
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from . import backend
+
 __all__ = ["available", "conv_forward", "conv_backward_data", "conv_backward_weights"]
 
 _F32, _ANY = 3, 1                              # dnnl_f32, dnnl_format_tag_any
@@ -154,9 +156,10 @@ def _load() -> Any:
                 if path:
                     try:
                         _LIB = _Library(ctypes.CDLL(path))
-                        break
                     except OSError:
                         continue
+                    backend.let_idle_blas_threads_sleep()  # two thread pools now share the cores
+                    break
     return _LIB
 
 

@@ -20,11 +20,12 @@ from __future__ import annotations
 import functools
 import math
 import types
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import numpy as np
 
-from ..backend import generator_for, get_default_dtype, is_cupy, rng_module
+from ..backend import generator_for, get_default_dtype, is_cupy, rng_module, run_parallel
 
 __all__ = ["is_iid", "normal", "rademacher", "orthonormal", "basis", "cone", "varying_length", "supplied",
            "validate_tangents", "as_generator", "get_sampler", "register_sampler", "SAMPLERS"]
@@ -93,28 +94,39 @@ def _normal_float32_numpy(gen: np.random.Generator, count: int) -> np.ndarray:
     Each 32-bit word gives 23 mantissa bits: OR-ing in the exponent of 1.0 makes a uniform on [1, 2)
     directly. The radius uses u = 2 - f in (0, 1] (never 0), so |z| <= sqrt(-2 ln 2^-23) ~ 5.65.
     Measured 2.5-3x faster than ``Generator.standard_normal(dtype=float32)`` (1 thread, 1.9M-30M draws).
+    The raw bits are drawn in chunk order and the chunks transformed on :func:`run_parallel`'s threads,
+    so the numbers do not depend on the thread count.
     """
     out = np.empty(count + 1, dtype=np.float32)  # +1: the last pair may overhang an odd count
-    f32 = np.float32
-    for s in range(0, count, 2 * _BM_CHUNK):
-        m = (min(count, s + 2 * _BM_CHUNK) - s + 1) // 2  # pairs in this chunk
-        u = gen.bit_generator.random_raw(m).view(np.uint32)  # 2m words
-        np.right_shift(u, np.uint32(9), out=u)
-        np.bitwise_or(u, np.uint32(0x3F800000), out=u)
-        f = u.view(np.float32)  # uniforms on [1, 2)
-        r, t = f[:m], f[m:]
-        np.subtract(f32(2), r, out=r)  # (0, 1]
-        np.log(r, out=r)
-        r *= f32(-2)
-        np.sqrt(r, out=r)  # Rayleigh radius
-        t -= f32(1)
-        t *= f32(_TWO_PI)  # uniform angle on [0, 2 pi)
-        o1, o2 = out[s:s + m], out[s + m:s + 2 * m]
-        np.cos(t, out=o1)
-        np.sin(t, out=o2)
-        o1 *= r
-        o2 *= r
+
+    def chunks() -> Iterator[Callable[[], None]]:
+        for s in range(0, count, 2 * _BM_CHUNK):
+            m = (min(count, s + 2 * _BM_CHUNK) - s + 1) // 2  # pairs in this chunk
+            u = gen.bit_generator.random_raw(m).view(np.uint32)  # 2m words, drawn in order
+            yield functools.partial(_box_muller, u, out[s:s + m], out[s + m:s + 2 * m])
+
+    run_parallel(chunks())
     return out[:count]
+
+
+def _box_muller(u: np.ndarray, o1: np.ndarray, o2: np.ndarray) -> None:
+    """o1, o2 = r cos t, r sin t from 2m raw words u (overwritten)."""
+    f32 = np.float32
+    m = len(o1)
+    np.right_shift(u, np.uint32(9), out=u)
+    np.bitwise_or(u, np.uint32(0x3F800000), out=u)
+    f = u.view(np.float32)  # uniforms on [1, 2)
+    r, t = f[:m], f[m:]
+    np.subtract(f32(2), r, out=r)  # (0, 1]
+    np.log(r, out=r)
+    r *= f32(-2)
+    np.sqrt(r, out=r)  # Rayleigh radius
+    t -= f32(1)
+    t *= f32(_TWO_PI)  # uniform angle on [0, 2 pi)
+    np.cos(t, out=o1)
+    np.sin(t, out=o2)
+    o1 *= r
+    o2 *= r
 
 
 def _normal_core(gen, k, m, n, dtype, xp):

@@ -1,0 +1,158 @@
+"""CPU threads: backend.cpu_threads and run_parallel (and the float32 normal sampler on them), and
+backend.let_idle_blas_threads_sleep (OpenBLAS's idle workers stop holding a core soon after a product).
+
+Each let_idle_blas_threads_sleep case runs in a fresh interpreter with two OpenBLAS threads and counts, 20 ms after a product, the
+process's threads that are running or runnable besides the main one (a spinning worker is; a sleeping one
+is not). OpenBLAS's own default keeps a worker spinning for about 0.1 s, which is what the first count of
+every case shows, so the tests see the change rather than assume it."""
+import json
+import os
+import subprocess
+import sys
+
+import threading
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+from dualtensor import backend
+from dualtensor.fgrad import samplers
+
+needs_worker = pytest.mark.skipif(not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2,
+                                  reason="needs Linux's /proc and two CPUs (an OpenBLAS worker thread)")
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_cpu_threads_follows_the_blas_limit(n):
+    with threadpool_limits(limits=n, user_api="blas"):
+        assert backend.cpu_threads() == min(n, os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_run_parallel_runs_every_task_once_on_at_most_n_threads(n):
+    prepared, ran, lock = [], [], threading.Lock()
+
+    def tasks():
+        for i in range(40):
+            prepared.append(i)  # prepared in order, on the calling thread
+
+            def task(i=i):
+                a = np.full(200_000, float(i))
+                np.sqrt(a, out=a)
+                with lock:
+                    ran.append((i, threading.get_ident()))
+            yield task
+
+    with threadpool_limits(limits=n, user_api="blas"):
+        backend.run_parallel(tasks())
+        limit = backend.cpu_threads()
+    assert prepared == list(range(40))
+    assert sorted(i for i, _ in ran) == list(range(40))
+    assert len({t for _, t in ran}) <= limit
+
+
+def test_run_parallel_reraises_a_task_error():
+    def bad():
+        raise ValueError("task 3 failed")
+
+    with threadpool_limits(limits=2, user_api="blas"), pytest.raises(ValueError, match="task 3"):
+        backend.run_parallel([lambda: None, lambda: None, bad, lambda: None])
+
+
+def test_normal_float32_gives_the_same_numbers_on_any_thread_count():
+    count = 5 * 2 * samplers._BM_CHUNK + 7  # five full chunks and an odd overhang
+    draws = []
+    for n in (1, 2, 3):
+        with threadpool_limits(limits=n, user_api="blas"):
+            draws.append(samplers.normal(1, count, 5, dtype=np.float32))
+    assert all(np.array_equal(draws[0], d) for d in draws[1:])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_run_parallel_works_in_a_forked_child():
+    with threadpool_limits(limits=2, user_api="blas"):
+        backend.run_parallel([lambda: None] * 4)  # the parent's pool exists
+        pid = os.fork()
+        if pid == 0:  # the child: its pool must be started afresh, not wait on the parent's threads
+            try:
+                v = samplers.normal(2, 3 * 2 * samplers._BM_CHUNK, 1, dtype=np.float32)
+                os._exit(0 if np.isfinite(v).all() else 1)
+            finally:
+                os._exit(1)
+    for _ in range(600):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        threading.Event().wait(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung in run_parallel")
+    assert os.waitstatus_to_exitcode(status) == 0
+
+_SCRIPT = r"""
+import json, os, sys, threading, time
+import numpy as np
+from dualtensor import backend
+
+a = np.ones((384, 384), np.float32)
+
+def busy_after_product():
+    b = a @ a
+    time.sleep(0.02)
+    me, n = threading.get_native_id(), 0
+    for t in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{t}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        n += int(t) != me and state == "R"
+    return n, bool((b == 384).all())
+
+before = busy_after_product()
+if sys.argv[1] == "call":
+    changed = backend.let_idle_blas_threads_sleep()
+else:
+    from dualtensor import onednn
+    changed = onednn.available()
+after = [busy_after_product() for _ in range(3)]
+print(json.dumps({"before": before, "after": after, "changed": changed,
+                  "env_left": "OPENBLAS_THREAD_TIMEOUT" in os.environ}))
+"""
+
+
+def _run(how: str, **env: str) -> dict:
+    e = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "OMP_NUM_THREADS")}
+    e.update(OPENBLAS_NUM_THREADS="2", **env)
+    r = subprocess.run([sys.executable, "-c", _SCRIPT, how], capture_output=True, text=True, timeout=120, env=e)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout)
+
+
+@needs_worker
+def test_workers_sleep_soon_after_a_product():
+    out = _run("call")
+    assert out["before"] == [1, True]                    # OpenBLAS's default: the worker still spins at 20 ms
+    assert any(p.endswith(".so") or ".so." in p for p in out["changed"])
+    assert all(n == 0 and ok for n, ok in out["after"])  # asleep now, and products still right
+    assert not out["env_left"]                            # child processes start with OpenBLAS's default
+
+
+@needs_worker
+def test_a_timeout_the_user_set_is_left_in_force():
+    out = _run("call", OPENBLAS_THREAD_TIMEOUT="28")
+    assert out["changed"] == []
+    assert out["before"][0] == 1 and all(n == 1 for n, _ in out["after"])
+
+
+@needs_worker
+def test_loading_onednn_applies_it():
+    from dualtensor import onednn
+
+    if not onednn.available():
+        pytest.skip("oneDNN (the onednn extra) is not installed")
+    out = _run("onednn")
+    assert out["changed"] is True and out["before"][0] == 1
+    assert all(n == 0 and ok for n, ok in out["after"])
