@@ -328,10 +328,10 @@ _POOL = _Pool()
 
 def run_parallel(tasks: Iterable[Callable[[], Any]]) -> None:
     """Run independent tasks on up to :func:`cpu_threads` threads, the caller's among them: each task,
-    taken in order from ``tasks``, goes to an idle worker thread, or runs on the calling thread when every
-    worker is busy with one task and has another queued. For NumPy work that releases the GIL (ufuncs on large arrays) writing disjoint
-    outputs; a generator of tasks may prepare each one in order (draw its random bits, say) while the
-    earlier ones run. Re-raises the first task error."""
+    taken in order from ``tasks``, goes to a worker thread, or runs on the calling thread when every worker
+    is busy with one task and has another queued. For NumPy work that releases the GIL (ufuncs on large
+    arrays) writing disjoint outputs; a generator of tasks may prepare each one in order (draw its random
+    bits, say) while the earlier ones run. Re-raises the first task error."""
     n = cpu_threads()
     if n <= 1:
         for t in tasks:

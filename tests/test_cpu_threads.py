@@ -1,10 +1,11 @@
 """CPU threads: backend.cpu_threads and run_parallel (and the float32 normal sampler on them), and
 backend.let_idle_blas_threads_sleep (OpenBLAS's idle workers stop holding a core soon after a product).
 
-Each let_idle_blas_threads_sleep case runs in a fresh interpreter with two OpenBLAS threads and counts, 20 ms after a product, the
-process's threads that are running or runnable besides the main one (a spinning worker is; a sleeping one
-is not). OpenBLAS's own default keeps a worker spinning for about 0.1 s, which is what the first count of
-every case shows, so the tests see the change rather than assume it."""
+Each let_idle_blas_threads_sleep case runs in a fresh interpreter with two OpenBLAS threads and
+counts, 20 ms after a product, the process's threads that are running or runnable besides the main one
+(a spinning worker is; a sleeping one is not). OpenBLAS's own default keeps a worker spinning for about
+0.1 s, which is what the first count of every case shows, so the tests see the change rather than assume
+it."""
 import json
 import os
 import subprocess
