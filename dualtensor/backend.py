@@ -347,7 +347,7 @@ def run_parallel(tasks: Iterable[Callable[[], Any]]) -> None:
         f.result()
 
 
-BLAS_SPIN_LOG2 = 16  # idle OpenBLAS workers poll for 2**16 TSC cycles (about 25 us), then sleep
+BLAS_SPIN_LOG2 = 20  # idle OpenBLAS workers poll for 2**20 TSC cycles (about 0.4 ms), then sleep
 
 
 def let_idle_blas_threads_sleep(spin_log2: int = BLAS_SPIN_LOG2) -> list[str]:
@@ -356,7 +356,9 @@ def let_idle_blas_threads_sleep(spin_log2: int = BLAS_SPIN_LOG2) -> list[str]:
 
     A spinning worker holds a core for that long after every product, which is harmless while BLAS is
     the only thread pool but takes a core from another pool's threads (oneDNN's OpenMP convolutions,
-    called between the linear layers' products). OpenBLAS reads its ``OPENBLAS_THREAD_TIMEOUT`` when
+    called between the linear layers' products): :mod:`dualtensor.onednn` calls this when it creates
+    its first convolution. Waking a sleeping worker costs more than a short spin, so processes
+    without oneDNN convolutions keep OpenBLAS's default. OpenBLAS reads its ``OPENBLAS_THREAD_TIMEOUT`` when
     its pool starts, so the pool is restarted here (what OpenBLAS itself does after a fork); a
     ``OPENBLAS_THREAD_TIMEOUT`` set by the user is left in force. Call it while no other thread runs BLAS."""
     import ctypes

@@ -65,6 +65,7 @@ class _Library:
         self.check(lib.dnnl_engine_create(ctypes.byref(self.engine), _CPU, 0), "engine")
         self.check(lib.dnnl_stream_create(ctypes.byref(self.stream), self.engine, _IN_ORDER), "stream")
         self.cache: OrderedDict = OrderedDict()
+        self.shares_cores = False
 
     @staticmethod
     def check(status: int, what: str) -> None:
@@ -105,6 +106,9 @@ class _Library:
             raise RuntimeError(f"oneDNN: only the reference implementation ({name})")
         p = ctypes.c_void_p()
         self.check(self.lib.dnnl_primitive_create(ctypes.byref(p), pd), "primitive")
+        if fast and not self.shares_cores:  # the first convolution: two thread pools share the cores now
+            self.shares_cores = True
+            backend.let_idle_blas_threads_sleep()
         return p
 
     def reorder(self, src_md: Any, dst_md: Any) -> ctypes.c_void_p:
@@ -158,7 +162,6 @@ def _load() -> Any:
                         _LIB = _Library(ctypes.CDLL(path))
                     except OSError:
                         continue
-                    backend.let_idle_blas_threads_sleep()  # two thread pools now share the cores
                     break
     return _LIB
 
