@@ -1,6 +1,7 @@
 """Tangent sampling cost: nanoseconds per generated number for every sampler and dtype.
 
     python bench/sampling.py [--k 16] [--n 65536] [--repeats 7] [--json out.json] [--quick]
+    python bench/sampling.py --thread-ab 1,2 [--k 4] [--n 3333962] [--heap-arrays]   # per thread count
 
 Each sampler draws a (k, n) block ``repeats`` times after one warm-up; the table reports the median
 time per number (and the spread). Prints a Markdown table; ``--json`` also writes the records.
@@ -73,6 +74,34 @@ def measure_keyed(name: str, k: int, n: int, dtype: np.dtype, repeats: int, batc
             "ns_max": float(t.max()), "repeats": repeats}
 
 
+def thread_ab(counts: list[int], k: int, n: int, repeats: int) -> list[dict]:
+    """float32 normal draws of (k, n), plain and keyed, under each BLAS thread count in ``counts`` (the
+    sampler's threads follow it), interleaved: every repeat draws once per count. Times in ms."""
+    from threadpoolctl import threadpool_limits
+
+    from dualtensor.fgrad.streams import KeyedTangents
+
+    draws = {"normal": lambda step: S.normal(k, n, np.random.default_rng(step), dtype=np.float32),
+             "normal (keyed)": lambda step: KeyedTangents(0, step).weight("normal", k, n, dtype=np.float32)}
+    times = {(name, c): [] for name in draws for c in counts}
+    for step in range(repeats + 1):
+        for name, draw in draws.items():
+            for c in counts:
+                with threadpool_limits(limits=c, user_api="blas"):
+                    t0 = time.perf_counter()
+                    draw(step)
+                    if step:  # the first round warms up
+                        times[(name, c)].append((time.perf_counter() - t0) * 1e3)
+    rows = []
+    for name in draws:
+        base = min(times[(name, counts[0])])
+        for c in counts:
+            t = times[(name, c)]
+            rows.append({"sampler": name, "threads": c, "k": k, "n": n, "ms_min": min(t),
+                         "ms_median": float(np.median(t)), "speedup_vs_first": base / min(t), "repeats": repeats})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=None, help="BLAS threads (default: the library's own)")
@@ -81,7 +110,30 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--json", default=None, help="write the records to this JSON file")
     p.add_argument("--quick", action="store_true", help="small sizes for a smoke test")
+    p.add_argument("--thread-ab", default=None, metavar="N1,N2",
+                   help="only the float32 normal draws, interleaved under these BLAS thread counts")
+    p.add_argument("--heap-arrays", action="store_true",
+                   help="large arrays from the process heap (dualtensor.allocator.heap_arrays), as bench/runtime.py")
     a = p.parse_args(argv)
+    if a.heap_arrays:
+        from dualtensor.allocator import heap_arrays
+
+        heap_arrays()
+    if a.thread_ab:
+        counts = [int(c) for c in a.thread_ab.split(",")]
+        rows = thread_ab(counts, a.k, a.n, a.repeats)
+        print(f"float32 normal tangents ({a.k}, {a.n}), {os.cpu_count()} CPUs, thread counts interleaved, "
+              f"{a.repeats} repeats, allocator {'heap' if a.heap_arrays else 'system'}\n")
+        print("| sampler | threads | ms min | ms median | speed-up (min) |")
+        print("|---|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['sampler']} | {r['threads']} | {r['ms_min']:.1f} | {r['ms_median']:.1f} | "
+                  f"{r['speedup_vs_first']:.2f} |")
+        if a.json:
+            with open(a.json, "w") as fh:
+                json.dump({"numpy": np.__version__, "cpus": os.cpu_count(), "heap_arrays": a.heap_arrays,
+                           "rows": rows}, fh, indent=1)
+        return rows
     _timing.limit_threads(a.threads)
     if a.quick:
         a.k, a.n, a.repeats = 4, 4096, 3

@@ -123,3 +123,13 @@ def test_plots_written(tmp_path):
          "--out", str(tmp_path), "--plot")
     for name in ("approximation.png", "angles.png", "closed_form.png"):
         assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_sampling_thread_ab(tmp_path):
+    out = _run("sampling.py", "--thread-ab", "1,2", "--k", "2", "--n", "600000", "--repeats", "2", "--heap-arrays",
+               "--json", str(tmp_path / "t.json"))
+    assert "| sampler | threads |" in out
+    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
+    want = {(s, c) for s in ("normal", "normal (keyed)") for c in (1, 2)}
+    assert {(r["sampler"], r["threads"]) for r in rows} == want
+    assert all(r["ms_min"] > 0 and r["ms_median"] >= r["ms_min"] for r in rows)

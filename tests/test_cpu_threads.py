@@ -164,3 +164,17 @@ def test_the_first_onednn_convolution_applies_it(how):
     out = _run(how)
     assert out["changed"] is True and out["before"][0] == 1
     assert all(n == (1 if how == "onednn" else 0) and ok for n, ok in out["after"])
+
+
+@pytest.mark.parametrize("sampler", ["normal", "rademacher"])
+def test_keyed_tangents_are_the_same_on_any_thread_count(sampler):
+    from dualtensor.fgrad.streams import KeyedTangents
+
+    draws = []
+    for n in (1, 2, 3):
+        with threadpool_limits(limits=n, user_api="blas"):
+            keys = KeyedTangents(7, 3)
+            draws.append((keys.weight(sampler, 3, 700_001, dtype=np.float32),
+                          keys.activity(sampler, 4, 9)(30_001, np.float32)))
+    for w, a in draws[1:]:
+        assert np.array_equal(draws[0][0], w) and np.array_equal(draws[0][1], a)

@@ -19,11 +19,13 @@ subset is sliced from it (every process draws everything: a cost the i.i.d. samp
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import numpy as np
 
+from ..backend import run_parallel
 from .samplers import get_sampler, is_iid, normal, rademacher
 
 __all__ = ["KeyedTangents", "BlockDraw", "keyed_entries", "stream_key", "parallel_keys", "TAG"]
@@ -157,13 +159,25 @@ def keyed_entries(sampler: Any, keys: Any, start: int, count: int, dtype: Any, x
     if not len(keys):
         return out
     per = max(1, _BLOCK_CHUNKS["cpu" if xp is np else "gpu"] // len(keys))
-    pos, end = start, start + count
-    while pos < end:  # a few chunks at a time: the temporaries stay in cache
-        c, a = divmod(pos, _CHUNK)
-        b = min(end - c * _CHUNK, per * _CHUNK)
-        out[:, pos - start:pos - start + b - a] = make(keys, c, a, b, dtype, xp)
-        pos += b - a
+
+    def pieces() -> Any:
+        pos, end = start, start + count
+        while pos < end:  # a few chunks at a time: the temporaries stay in cache
+            c, a = divmod(pos, _CHUNK)
+            b = min(end - c * _CHUNK, per * _CHUNK)
+            yield functools.partial(_fill, make, out[:, pos - start:pos - start + b - a], keys, c, a, b, dtype, xp)
+            pos += b - a
+
+    if xp is np:  # counter-based: every piece is independent, so CPU threads may compute them in any order
+        run_parallel(pieces())
+    else:
+        for piece in pieces():
+            piece()
     return out
+
+
+def _fill(make: Any, out: Any, keys: Any, c: int, a: int, b: int, dtype: np.dtype, xp: Any) -> None:
+    out[...] = make(keys, c, a, b, dtype, xp)
 
 
 def parallel_keys(comm: Any, split: str, k: int, rng: Any, who: str) -> tuple[Any, tuple[int, int] | None]:
