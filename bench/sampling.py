@@ -102,6 +102,20 @@ def thread_ab(counts: list[int], k: int, n: int, repeats: int) -> list[dict]:
     return rows
 
 
+def _report(title: str, header: list[str], rule: str, cells: list[list], path: str | None, record: dict) -> None:
+    """Print a Markdown table under ``title``; with ``path``, write ``record`` (plus numpy and CPU count) as JSON."""
+    print(title + "\n")
+    print("| " + " | ".join(header) + " |")
+    print(rule)
+    for row in cells:
+        print("| " + " | ".join(str(c) for c in row) + " |")
+    if path:
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as fh:
+            json.dump({"numpy": np.__version__, "cpus": os.cpu_count(), **record}, fh, indent=1)
+        os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=None, help="BLAS threads (default: the library's own)")
@@ -120,19 +134,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
         heap_arrays()
     if a.thread_ab:
-        counts = [int(c) for c in a.thread_ab.split(",")]
-        rows = thread_ab(counts, a.k, a.n, a.repeats)
-        print(f"float32 normal tangents ({a.k}, {a.n}), {os.cpu_count()} CPUs, thread counts interleaved, "
-              f"{a.repeats} repeats, allocator {'heap' if a.heap_arrays else 'system'}\n")
-        print("| sampler | threads | ms min | ms median | speed-up (min) |")
-        print("|---|---:|---:|---:|---:|")
-        for r in rows:
-            print(f"| {r['sampler']} | {r['threads']} | {r['ms_min']:.1f} | {r['ms_median']:.1f} | "
-                  f"{r['speedup_vs_first']:.2f} |")
-        if a.json:
-            with open(a.json, "w") as fh:
-                json.dump({"numpy": np.__version__, "cpus": os.cpu_count(), "heap_arrays": a.heap_arrays,
-                           "rows": rows}, fh, indent=1)
+        rows = thread_ab([int(c) for c in a.thread_ab.split(",")], a.k, a.n, a.repeats)
+        _report(f"float32 normal tangents ({a.k}, {a.n}), {os.cpu_count()} CPUs, thread counts interleaved, "
+                f"{a.repeats} repeats, allocator {'heap' if a.heap_arrays else 'system'}",
+                ["sampler", "threads", "ms min", "ms median", "speed-up (min)"], "|---|---:|---:|---:|---:|",
+                [[r["sampler"], r["threads"], f"{r['ms_min']:.1f}", f"{r['ms_median']:.1f}",
+                  f"{r['speedup_vs_first']:.2f}"] for r in rows],
+                a.json, {"heap_arrays": a.heap_arrays, "rows": rows})
         return rows
     _timing.limit_threads(a.threads)
     if a.quick:
@@ -148,17 +156,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for dtype in (np.float32, np.float64):
             rows.append(measure_keyed(name, a.k, a.n, dtype, a.repeats))
         rows.append(measure_keyed(name, a.k, max(a.n // 64, 1), np.float32, a.repeats, batch=64))
-    print(f"Tangent sampling, numpy {np.__version__}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, BLAS threads: {_blas_threads()}\n")
-    print("| sampler | dtype | k | n | batch | ns/number (median) | min | max |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['sampler']} | {r['dtype']} | {r['k']} | {r['n']} | {r['batch'] or '-'} | "
-              f"{r['ns_per_number']:.2f} | {r['ns_min']:.2f} | {r['ns_max']:.2f} |")
-    if a.json:
-        with open(a.json, "w") as fh:
-            json.dump({"numpy": np.__version__, "cpus": os.cpu_count(), "blas_threads": _blas_threads(),
-                       "rows": rows}, fh, indent=1)
+    _report(f"Tangent sampling, numpy {np.__version__}, {platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} CPUs, BLAS threads: {_blas_threads()}",
+            ["sampler", "dtype", "k", "n", "batch", "ns/number (median)", "min", "max"],
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+            [[r["sampler"], r["dtype"], r["k"], r["n"], r["batch"] or "-", f"{r['ns_per_number']:.2f}",
+              f"{r['ns_min']:.2f}", f"{r['ns_max']:.2f}"] for r in rows],
+            a.json, {"blas_threads": _blas_threads(), "rows": rows})
     return rows
 
 
