@@ -332,17 +332,22 @@ def run_parallel(tasks: Iterable[Callable[[], Any]]) -> None:
     is busy with one task and has another queued. For NumPy work that releases the GIL (ufuncs on large
     arrays) writing disjoint outputs; a generator of tasks may prepare each one in order (draw its random
     bits, say) while the earlier ones run. Re-raises the first task error."""
+    from concurrent.futures import wait
+
     n = cpu_threads()
     if n <= 1:
         for t in tasks:
             t()
         return
     pool, futures, depth = _POOL.get(n - 1), [], 2 * (n - 1)  # a queued task per worker keeps it busy
-    for t in tasks:
-        if sum(not f.done() for f in futures[-depth:]) < depth:
-            futures.append(pool.submit(t))
-        else:
-            t()
+    try:
+        for t in tasks:
+            if sum(not f.done() for f in futures[-depth:]) < depth:
+                futures.append(pool.submit(t))
+            else:
+                t()
+    finally:  # no task outlives the call, not even when one raised on the calling thread
+        wait(futures)
     for f in futures:
         f.result()
 

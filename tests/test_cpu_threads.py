@@ -178,3 +178,21 @@ def test_keyed_tangents_are_the_same_on_any_thread_count(sampler):
                           keys.activity(sampler, 4, 9)(30_001, np.float32)))
     for w, a in draws[1:]:
         assert np.array_equal(draws[0][0], w) and np.array_equal(draws[0][1], a)
+
+
+def test_run_parallel_waits_for_the_workers_when_a_task_on_the_caller_raises():
+    done = []
+
+    def slow():
+        threading.Event().wait(0.2)
+        done.append(True)
+
+    def tasks():
+        yield slow
+        yield slow
+        yield slow  # both queue places taken: later tasks run on the caller
+        raise RuntimeError("preparing the next task failed")
+
+    with threadpool_limits(limits=2, user_api="blas"), pytest.raises(RuntimeError, match="preparing"):
+        backend.run_parallel(tasks())
+    assert len(done) == 3  # every submitted or started task finished before the error surfaced
