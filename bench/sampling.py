@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _timing  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from dualtensor.files import atomic_write_text  # noqa: E402
 from dualtensor.fgrad import samplers as S  # noqa: E402
 
 CASES = [("normal", {}), ("rademacher", {}), ("orthonormal", {}), ("basis", {}), ("cone", {"alpha": 0.5}),
@@ -110,10 +111,7 @@ def _report(title: str, header: list[str], rule: str, cells: list[list], path: s
     for row in cells:
         print("| " + " | ".join(str(c) for c in row) + " |")
     if path:
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as fh:
-            json.dump({"numpy": np.__version__, "cpus": os.cpu_count(), **record}, fh, indent=1)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps({"numpy": np.__version__, "cpus": os.cpu_count(), **record}, indent=1))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

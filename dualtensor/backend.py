@@ -5,6 +5,7 @@ finds it, moves arrays between devices and holds the dtype and RNG defaults.
 """
 from __future__ import annotations
 
+import collections
 import copy
 import types
 from collections.abc import Callable, Iterable
@@ -283,13 +284,14 @@ def _numpy_cblas() -> Any:
                 lib = ctypes.CDLL(path)
                 for prefix in ("scipy_", ""):
                     fns = {c: getattr(lib, f"{prefix}cblas_{t}gemm64_", None) for c, t in (("f", "s"), ("d", "d"))}
-                    fns["threads"] = getattr(lib, f"{prefix}openblas_get_num_threads64_", None)
                     if all(fns.values()):
+                        fns["threads"] = getattr(lib, f"{prefix}openblas_get_num_threads64_", None)
                         i, i64, p = ctypes.c_int, ctypes.c_int64, ctypes.c_void_p
                         for c, scalar in (("f", ctypes.c_float), ("d", ctypes.c_double)):
                             fns[c].argtypes = [i, i, i, i64, i64, i64, scalar, p, i64, p, i64, scalar, p, i64]
                             fns[c].restype = None
-                        fns["threads"].argtypes, fns["threads"].restype = [], ctypes.c_int
+                        if fns["threads"] is not None:
+                            fns["threads"].argtypes, fns["threads"].restype = [], ctypes.c_int
                         _CBLAS = fns
                         return _CBLAS
         except Exception:  # noqa: BLE001 - any failure means: use the portable path
@@ -302,25 +304,37 @@ def cpu_threads() -> int:
     ``--threads`` and threadpoolctl limits apply); 1 where it cannot be asked. :func:`run_parallel`
     uses as many, so elementwise work follows the same limit as the products."""
     fns = _numpy_cblas()
-    return max(1, int(fns["threads"]())) if fns else 1
+    return max(1, int(fns["threads"]())) if fns and fns["threads"] is not None else 1
 
 
 class _Pool:
-    """Worker threads for :func:`run_parallel`, started on first use and again in a forked child."""
+    """Worker threads for :func:`run_parallel`: one executor of exactly the requested size, started on
+    first use, again when the size changes and again in a forked child. Safe to ask from several threads:
+    an executor being replaced is not shut down under a caller still using it (its idle threads exit
+    once it is collected)."""
 
     def __init__(self) -> None:
-        self.pid, self.executor, self.size = None, None, 0
+        import threading
+
+        self.lock, self.pid, self.executor, self.size = threading.Lock(), None, None, 0
+        self.inside = threading.local()  # set on a worker while it runs a task: nested calls run inline
 
     def get(self, n: int) -> Any:
         import os
         from concurrent.futures import ThreadPoolExecutor
 
-        if self.pid != os.getpid() or self.size < n:
-            if self.executor is not None and self.pid == os.getpid():
-                self.executor.shutdown(wait=True)
-            self.pid, self.size = os.getpid(), n
-            self.executor = ThreadPoolExecutor(max_workers=n, thread_name_prefix="dualtensor")
-        return self.executor
+        with self.lock:
+            if self.pid != os.getpid() or self.size != n:
+                self.pid, self.size = os.getpid(), n
+                self.executor = ThreadPoolExecutor(max_workers=n, thread_name_prefix="dualtensor",
+                                                   initializer=self._mark_worker)
+            return self.executor
+
+    def _mark_worker(self) -> None:
+        self.inside.worker = True
+
+    def on_worker(self) -> bool:
+        return getattr(self.inside, "worker", False)
 
 
 _POOL = _Pool()
@@ -329,27 +343,42 @@ _POOL = _Pool()
 def run_parallel(tasks: Iterable[Callable[[], Any]]) -> None:
     """Run independent tasks on up to :func:`cpu_threads` threads, the caller's among them: each task,
     taken in order from ``tasks``, goes to a worker thread, or runs on the calling thread when every worker
-    is busy with one task and has another queued. For NumPy work that releases the GIL (ufuncs on large
-    arrays) writing disjoint outputs; a generator of tasks may prepare each one in order (draw its random
-    bits, say) while the earlier ones run. Re-raises the first task error."""
+    is busy with one task and has another queued; once all are handed out the caller takes back and runs
+    the ones no worker has started. For NumPy work that releases the GIL (ufuncs on large arrays) writing
+    disjoint outputs; a generator of tasks may prepare each one in order (draw its random bits, say) while
+    the earlier ones run. A call from inside a task runs its tasks inline. After a task fails no further
+    task starts; the first error is re-raised once every started task has finished."""
     from concurrent.futures import wait
 
     n = cpu_threads()
-    if n <= 1:
+    if n <= 1 or _POOL.on_worker():
         for t in tasks:
             t()
         return
     pool, futures, depth = _POOL.get(n - 1), [], 2 * (n - 1)  # a queued task per worker keeps it busy
+    recent: collections.deque = collections.deque(maxlen=depth)  # (future, task) of the last hand-outs
+    failed: list = []
     try:
         for t in tasks:
-            if sum(not f.done() for f in futures[-depth:]) < depth:
+            if failed:
+                break
+            if sum(not f.done() for f, _ in recent) < depth:
                 futures.append(pool.submit(t))
+                futures[-1].add_done_callback(lambda f: f.cancelled() or f.exception() is None or failed.append(f))
+                recent.append((futures[-1], t))
             else:
                 t()
-    finally:  # no task outlives the call, not even when one raised on the calling thread
+        else:  # all handed out: the caller takes back, newest first, the tasks no worker has started
+            for f, t in reversed(recent):
+                if not failed and f.cancel():
+                    t()
+    finally:  # nothing queued starts after an error; no started task outlives the call
+        for f, _ in recent:
+            f.cancel()
         wait(futures)
     for f in futures:
-        f.result()
+        if not f.cancelled():
+            f.result()
 
 
 BLAS_SPIN_LOG2 = 20  # idle OpenBLAS workers poll for 2**20 TSC cycles (about 0.4 ms), then sleep
@@ -365,7 +394,9 @@ def let_idle_blas_threads_sleep(spin_log2: int = BLAS_SPIN_LOG2) -> list[str]:
     its first convolution. Waking a sleeping worker costs more than a short spin, so processes
     without oneDNN convolutions keep OpenBLAS's default. OpenBLAS reads its ``OPENBLAS_THREAD_TIMEOUT`` when
     its pool starts, so the pool is restarted here (what OpenBLAS itself does after a fork); a
-    ``OPENBLAS_THREAD_TIMEOUT`` set by the user is left in force. Call it while no other thread runs BLAS."""
+    ``OPENBLAS_THREAD_TIMEOUT`` set by the user is left in force. The environment is restored afterwards, so new
+    processes start with OpenBLAS's default; a forked child inherits the restarted pool and its short spin.
+    Call it while no other thread runs BLAS."""
     import ctypes
     import os
 
@@ -374,14 +405,18 @@ def let_idle_blas_threads_sleep(spin_log2: int = BLAS_SPIN_LOG2) -> list[str]:
     try:
         from threadpoolctl import threadpool_info
 
-        libs = [i["filepath"] for i in threadpool_info() if i.get("internal_api") == "openblas" and i.get("filepath")]
+        libs = [i["filepath"] for i in threadpool_info()  # an OpenMP build's threads follow OMP's policy instead
+                if i.get("internal_api") == "openblas" and i.get("threading_layer") == "pthreads" and i.get("filepath")]
     except Exception:  # noqa: BLE001 - no threadpoolctl view: nothing to change
         return []
     done = []
     os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(int(spin_log2))
     try:
         for path in libs:
-            lib = ctypes.CDLL(path)
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
             fns = [getattr(lib, n, None) for n in ("openblas_read_env", "blas_thread_shutdown_", "blas_thread_init")]
             if all(fns):
                 for fn in fns:

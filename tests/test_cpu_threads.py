@@ -31,17 +31,27 @@ def test_cpu_threads_follows_the_blas_limit(n):
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])
-def test_run_parallel_runs_every_task_once_on_at_most_n_threads(n):
-    prepared, ran, lock = [], [], threading.Lock()
+@pytest.mark.parametrize("earlier_pool", [0, 4])
+def test_run_parallel_runs_every_task_once_on_at_most_n_threads(n, earlier_pool):
+    """Each task once, prepared in order, never more running at once than the limit, also after a call
+    under a higher limit started a larger pool."""
+    if earlier_pool:
+        backend._POOL.get(earlier_pool)
+    prepared, ran, lock, running, most = [], [], threading.Lock(), [0], [0]
 
     def tasks():
         for i in range(40):
             prepared.append(i)  # prepared in order, on the calling thread
 
             def task(i=i):
+                with lock:
+                    running[0] += 1
+                    most[0] = max(most[0], running[0])
                 a = np.full(200_000, float(i))
                 np.sqrt(a, out=a)
+                threading.Event().wait(0.002)
                 with lock:
+                    running[0] -= 1
                     ran.append((i, threading.get_ident()))
             yield task
 
@@ -50,7 +60,95 @@ def test_run_parallel_runs_every_task_once_on_at_most_n_threads(n):
         limit = backend.cpu_threads()
     assert prepared == list(range(40))
     assert sorted(i for i, _ in ran) == list(range(40))
-    assert len({t for _, t in ran}) <= limit
+    assert len({t for _, t in ran}) <= limit and most[0] <= limit
+    if limit > 1:
+        assert most[0] > 1  # and it did run tasks side by side
+
+
+@needs_worker
+def test_the_caller_takes_back_tasks_no_worker_has_started():
+    """The worker is held by the first task until the second has run: the second must run on the caller
+    (taken back from the queue), not wait behind the first."""
+    release, where = threading.Event(), {}
+
+    def first():
+        release.wait(5)
+        where["first"] = threading.get_ident()
+
+    def second():
+        where["second"] = threading.get_ident()
+        release.set()
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        if backend.cpu_threads() < 2:
+            pytest.skip("OpenBLAS runs one thread here")
+        backend.run_parallel([first, second])
+    assert where["second"] == threading.get_ident() != where["first"]
+
+
+def test_run_parallel_inside_a_task_runs_inline():
+    """A task on a worker thread that calls run_parallel runs those tasks itself (handing them to the pool
+    it occupies could only queue them behind it)."""
+    seen = []
+
+    def outer():
+        me = threading.get_ident()
+        inner = [threading.Event().wait(0.001) or (lambda: seen.append((me, threading.get_ident())))
+                 for _ in range(6)]
+        backend.run_parallel(inner)
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        if backend.cpu_threads() < 2:
+            pytest.skip("OpenBLAS runs one thread here")
+        caller = threading.Thread(target=backend.run_parallel, args=([outer] * 8,), daemon=True)
+        caller.start()
+        caller.join(30)
+    assert not caller.is_alive(), "nested run_parallel hung"
+    main = caller.ident
+    on_workers = [(o, i) for o, i in seen if o != main]
+    assert on_workers and all(o == i for o, i in on_workers)
+
+
+def test_run_parallel_from_several_threads_at_once():
+    totals, errors = [], []
+
+    def caller(j):
+        try:
+            for _ in range(20):
+                out = np.zeros(8)
+
+                def tasks():
+                    for i in range(8):
+                        yield lambda i=i: out.__setitem__(i, np.sqrt(np.full(20_000, float(i + j))).sum())
+                backend.run_parallel(tasks())
+                totals.append(out.sum())
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        callers = [threading.Thread(target=caller, args=(j,)) for j in range(3)]
+        for c in callers:
+            c.start()
+        for c in callers:
+            c.join(60)
+    assert not errors and len(totals) == 60
+
+
+def test_no_task_starts_after_one_failed():
+    started = []
+
+    def bad():
+        raise ValueError("task 0 failed")
+
+    def tasks():
+        yield bad
+        threading.Event().wait(0.1)  # task 0 has failed by now
+        for i in range(1, 6):
+            yield lambda i=i: started.append(i)
+
+    with threadpool_limits(limits=2, user_api="blas"), pytest.raises(ValueError, match="task 0"):
+        backend.run_parallel(tasks())
+    assert started == []
 
 
 def test_run_parallel_reraises_a_task_error():
@@ -130,7 +228,8 @@ print(json.dumps({"before": before, "after": after, "changed": changed,
 
 def _run(how: str, **env: str) -> dict:
     e = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "OMP_NUM_THREADS")}
-    e.update(OPENBLAS_NUM_THREADS="2", **env)
+    # oneDNN's OpenMP threads must not spin after a convolution either: only OpenBLAS's workers are counted
+    e.update(OPENBLAS_NUM_THREADS="2", OMP_WAIT_POLICY="PASSIVE", **env)
     r = subprocess.run([sys.executable, "-c", _SCRIPT, how], capture_output=True, text=True, timeout=120, env=e)
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout)
