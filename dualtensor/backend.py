@@ -260,6 +260,17 @@ def direct_conv(*arrays: Any) -> Any:
     return onednn if onednn.available() else None
 
 
+def conv_weights(w: Any, groups: int = 1) -> Any:
+    """Convolution weights (O, C/G, kh, kw) in the memory layout conv2d reads fastest, the same values: what
+    the direct-convolution library prefers where it takes these arrays (oneDNN: a view of (kh, kw, C, O)
+    memory, which its forward kernels read without reordering the weights on every call), else C-contiguous
+    (the GEMM layouts' weight matrices are views then). :class:`dualtensor.nn.Conv2d` stores its weights so."""
+    lib = direct_conv(w)
+    if lib is not None:
+        return lib.preferred_weights(w, groups)
+    return w if w.flags.c_contiguous else get_xp(w).ascontiguousarray(w)
+
+
 _CBLAS: Any = None  # {"f": sgemm, "d": dgemm, "threads": get_num_threads} of NumPy's own BLAS, or False
 
 

@@ -61,15 +61,17 @@ def _compare(f, args, tangents, seed=0, tol=2e-5, direct=True):
     return got
 
 
-@settings(deadline=None, max_examples=40)
-@given(cfg=conv_configs(), seed=st.integers(0, 2 ** 16))
-def test_direct_equals_gemm_layouts(cfg, seed):
+@settings(deadline=None, max_examples=50)
+@given(cfg=conv_configs(), seed=st.integers(0, 2 ** 16), preferred=st.booleans())
+def test_direct_equals_gemm_layouts(cfg, seed, preferred):
     rng = np.random.default_rng(seed)
     k = 3
     x, w = _f32(rng, cfg["xshape"]), _f32(rng, cfg["wshape"])
     b = _f32(rng, (cfg["wshape"][0],)) if cfg["bias"] else None
     if not cfg["contiguous"]:  # strided views: read in place where oneDNN can, else copied first
         x, w = noncontig(x), noncontig(w)
+    elif preferred:  # the weights as nn.Conv2d keeps them: (kh, kw, C, O) memory where that pays
+        w = onednn.preferred_weights(w, cfg["groups"])
     opts = dict(stride=cfg["stride"], padding=cfg["padding"], dilation=cfg["dilation"], groups=cfg["groups"])
     diff = [i for i in cfg["diff"] if i < 2 or b is not None]
     tangents = [_f32(rng, (k,) + a.shape) if a is not None and i in diff else None for i, a in enumerate((x, w, b))]
@@ -138,6 +140,83 @@ def test_direct_models_train_alike():
         _close(g, h, 1e-4)
 
 
+@st.composite
+def hwio_configs(draw):
+    """Geometries whose weights preferred_weights lays out as (kh, kw, C, O): one group, at least two input and
+    output channels and kernel taps, inputs no smaller than the dilated kernel (a kernel cropped to one tap
+    becomes a 1x1 convolution, which oneDNN runs as a GEMM for these weights: the last parametrized case
+    of test_preferred_weights_are_read_in_place covers the cropping)."""
+    c, o = draw(st.integers(2, 6)), draw(st.integers(2, 6))
+    kh, kw = draw(st.integers(2, 3)), draw(st.integers(2, 3))
+    stride, dil, pad = (draw(st.integers(1, 2)) for _ in range(3))
+    h = draw(st.integers(dil * (max(kh, kw) - 1) + 1, 9))
+    return dict(xshape=(draw(st.integers(1, 3)), c, h, h), wshape=(o, c, kh, kw), stride=stride, dilation=dil,
+                padding=pad, bias=draw(st.booleans()))
+
+
+@settings(deadline=None, max_examples=40)
+@given(cfg=hwio_configs(), seed=st.integers(0, 2 ** 16))
+def test_preferred_weights_equal_gemm_layouts(cfg, seed):
+    rng = np.random.default_rng(seed)
+    x, w = _f32(rng, cfg["xshape"]), onednn.preferred_weights(_f32(rng, cfg["wshape"]))
+    args = (x, w) + ((_f32(rng, (cfg["wshape"][0],)),) if cfg["bias"] else ())
+    tangents = [_f32(rng, (3,) + a.shape) for a in args]
+    opts = dict(stride=cfg["stride"], padding=cfg["padding"], dilation=cfg["dilation"])
+    in_place, orig = [], onednn._forward
+
+    def forward(*a, **kw):  # which forward convolutions read the weights in place
+        hit = orig(*a, **kw)
+        in_place.append(kw.get("hwio") is not None and hit is not None)
+        return hit
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(onednn, "_forward", forward)
+        _compare(lambda *a: dt.conv2d(*a, **opts), args, tangents, seed, direct=False)
+    assert any(in_place)
+
+
+@pytest.mark.parametrize("xshape, wshape, stride, pad", [
+    ((4, 8, 12, 12), (16, 8, 3, 3), 1, 1), ((2, 3, 16, 16), (8, 3, 7, 7), 2, 3),
+    ((4, 8, 1, 1), (16, 8, 3, 3), 1, 1)])  # the last one's kernel is cropped to its centre (a strided view)
+def test_preferred_weights_are_read_in_place(monkeypatch, xshape, wshape, stride, pad):
+    """Weights in (kh, kw, C, O) memory reach oneDNN's forward without a reorder and give the same
+    convolution (primal and input tangent) as C-contiguous ones, which are reordered on every call."""
+    rng = np.random.default_rng(4)
+    x, w, tx = _f32(rng, xshape), _f32(rng, wshape), _f32(rng, (2,) + xshape)
+    wp = onednn.preferred_weights(w)
+    assert not wp.flags.c_contiguous and np.array_equal(wp, w) and onednn.preferred_weights(wp) is wp
+    reorders, orig = [], onednn._weights_in
+    monkeypatch.setattr(onednn, "_weights_in", lambda *a: reorders.append(a[1].shape) or orig(*a))
+    got = dt.conv2d(dt.DualTensor(x, tx), wp, stride=stride, padding=pad)
+    assert reorders == []
+    want = dt.conv2d(dt.DualTensor(x, tx), w, stride=stride, padding=pad)
+    assert len(reorders) == 2  # primal and tangent convolutions
+    _close(np.asarray(got.primal), np.asarray(want.primal))
+    _close(np.asarray(got.tangent), np.asarray(want.tangent))
+
+
+def test_conv2d_layers_keep_preferred_weights():
+    """nn.Conv2d stores float32 weights as preferred_weights lays them out (same values as C-contiguous ones
+    drawn from the same seed), keeps that layout through load_state_dict and casts, and C-contiguous weights
+    where oneDNN has no use for the layout (1x1 kernels, groups, float64)."""
+    def build(*args, **kw):
+        dt.nn.init.manual_seed(5)
+        return dt.nn.Conv2d(*args, **kw).astype(np.float32)
+
+    c = build(8, 16, 3)
+    w = c.weight.data
+    assert not w.flags.c_contiguous and onednn.preferred_weights(w) is w
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(onednn, "preferred_weights", lambda w, groups=1: np.ascontiguousarray(w))
+        assert np.array_equal(build(8, 16, 3).weight.data, w)
+    c.load_state_dict({"weight": np.ones((16, 8, 3, 3), np.float32), "bias": np.zeros(16, np.float32)})
+    assert c.weight.data is w and (w == 1).all()
+    assert c.astype(np.float64).weight.data.flags.c_contiguous
+    assert onednn.preferred_weights(c.astype(np.float32).weight.data) is c.weight.data
+    for args, kw in (((8, 16, 1), {}), ((8, 16, 3), {"groups": 2}), ((1, 16, 3), {})):
+        assert build(*args, **kw).weight.data.flags.c_contiguous
+
+
 def test_float64_and_switch_off():
     """float64 stays on the GEMM layouts; DUALTENSOR_ONEDNN=0 leaves the library unloaded."""
     x, w = np.ones((1, 8, 5, 5)), np.ones((4, 8, 3, 3))
@@ -161,12 +240,13 @@ for xs, ws, s, p, groups in [((4, 3, 16, 16), (8, 3, 7, 7), 2, 3, 1), ((4, 4, 8,
     x = rng.standard_normal(xs).astype(np.float32)
     w = rng.standard_normal(ws).astype(np.float32)
     geo = ((s, s), ((p, p), (p, p)), (1, 1), groups)
-    for _ in range(30):
-        y = onednn.conv_forward(x, w, None, *geo)
-        if y is not None:
-            g = rng.standard_normal(y.shape).astype(np.float32)
-            onednn.conv_backward_data(g, w, xs, *geo)
-            onednn.conv_backward_weights(g, x, ws, *geo)
+    for _ in range(15):
+        for w in (w, onednn.preferred_weights(w, groups)):  # C-contiguous and as nn.Conv2d keeps them
+            y = onednn.conv_forward(x, w, None, *geo)
+            if y is not None:
+                g = rng.standard_normal(y.shape).astype(np.float32)
+                onednn.conv_backward_data(g, w, xs, *geo)
+                onednn.conv_backward_weights(g, x, ws, *geo)
 print("ok")
 """
 

@@ -402,3 +402,14 @@ def test_conv2d_drops_kernel_taps_that_read_only_padding(xp, monkeypatch, xs, ws
     dead = np.ones(ws[2:], bool)
     dead[live[0]:live[1], live[2]:live[3]] = False
     assert (gw[:, :, dead] == 0).all()
+
+
+def test_conv2d_where_every_tap_reads_padding(xp):
+    """A dilated kernel whose taps all fall into the padding (found by hypothesis: this raised IndexError):
+    the output is the bias, the weight's cotangent zero."""
+    x, w, b = make(xp, (1, 2, 1, 1), 0), make(xp, (3, 2, 2, 2), 1), make(xp, (3,), 2)
+    opts = dict(padding=1, dilation=2)
+    check_rules(lambda x, w, b: dt.conv2d(x, w, b, **opts), (x, w, b), diff=(0, 1, 2), k=2,
+                ref=lambda x, w, b: ref_conv2d(x, w, b, (1, 1), sym((1, 1)), (2, 2)))
+    want = np.broadcast_to(to_np(b)[None, :, None, None], (1, 3, 1, 1))
+    np.testing.assert_array_equal(to_np(dt.conv2d(x, w, b, **opts)), want)

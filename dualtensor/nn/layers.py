@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backend import conv_weights
 from ..tensor import primal_of
 from . import functional as F
 from . import init
@@ -47,6 +48,11 @@ class Conv2d(Module):
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.weight = Parameter(init.kaiming_uniform((out_channels, in_channels // groups, kh, kw), fan_in))
         self.bias = Parameter(init.uniform((out_channels,), 1 / math.sqrt(fan_in))) if bias else None
+        self._relayout()
+
+    def _relayout(self) -> None:
+        """The weights in the layout conv2d reads fastest (backend.conv_weights), the same values."""
+        self.weight.data = conv_weights(self.weight.data, self.groups)
 
     def forward(self, x: Any) -> Any:
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)

@@ -181,6 +181,7 @@ class Module:
             for name, b in list(m._buffers.items()):
                 if b is not None:
                     m.register_buffer(name, to_device(b, device))
+            m._relayout()
         return self
 
     def astype(self, dtype: Any) -> "Module":
@@ -193,7 +194,12 @@ class Module:
             for name, b in list(m._buffers.items()):
                 if b is not None and b.dtype.kind == "f":
                     m.register_buffer(name, b.astype(dtype))
+            m._relayout()
         return self
+
+    def _relayout(self) -> None:
+        """Put parameters into the memory layout this module's operations read fastest (after a move or a
+        cast); a module with such a preference overrides it."""
 
     @contextlib.contextmanager
     def substitute(self, values: dict[str, Any]):

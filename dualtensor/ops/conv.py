@@ -206,6 +206,8 @@ def _live_taps(hw: tuple, kernel: tuple, stride: tuple, pads: tuple, dilation: t
     for n, k, s, (p0, p1), d in zip(hw, kernel, stride, pads, dilation):
         o = _out_size(n + p0 + p1, k, s, d)
         live = [i for i in range(k) if any(0 <= a * s + i * d - p0 < n for a in range(o))]
+        if not live:  # every tap reads padding (the output is the bias): nothing to drop to
+            return None
         lo, hi = live[0], live[-1] + 1
         q0 = p0 - lo * d
         q1 = (o - 1) * s + d * (hi - lo - 1) + 1 - n - q0
