@@ -12,7 +12,7 @@ oneDNN 3.2 kernel corrupts the heap on AVX2 CPUs.
 Primitive descriptors are cached per shape, strides and options (creating one costs about 0.7 ms).
 Weights are reordered into the kernel's blocked layout on every call, except where they come as
 :func:`preferred_weights` lays them out ((kh, kw, C, O) memory, how :class:`dualtensor.nn.Conv2d` keeps them):
-the forward kernels read those in place (ResNet18's 11 M weights took 5.6-8 ms of reordering per inference).
+the forward kernels read those in place.
 
 The wheel ``onednn-cpu-gomp`` installs ``libdnnl.so.3`` under ``sys.prefix/lib`` (oneDNN 3.2, GNU OpenMP
 threads: ``OMP_NUM_THREADS`` or threadpoolctl's ``openmp`` limit set its thread count).
