@@ -242,9 +242,15 @@ def _hwio_strides(w: Any, groups: int) -> tuple | None:
     s = tuple(st // 4 for st in w.strides)
     if groups != 1 or w.dtype != np.float32 or (o > 1 and s[0] != 1) or (c > 1 and s[1] != o):
         return None
-    dense = (1, o, kw * c * o, c * o)
+    dense = _dense_hwio(w.shape)
     s = tuple(d if n == 1 else st for st, d, n in zip(s, dense, w.shape))
-    return s if s[2] >= kw * c * o and s[3] == c * o else None
+    return s if s[2] >= dense[2] and s[3] == dense[3] else None
+
+
+def _dense_hwio(shape: tuple) -> tuple:
+    """The element strides of (O, C, kh, kw) as a view of dense (kh, kw, C, O) memory."""
+    o, c, _, kw = shape
+    return 1, o, kw * c * o, c * o
 
 
 def _hwio_desc(lib: _Library, wshape: tuple, strides: tuple) -> ctypes.c_void_p:
@@ -262,7 +268,7 @@ def preferred_weights(w: Any, groups: int = 1) -> Any:
     w = np.asarray(w)
     if w.dtype != np.float32 or w.ndim != 4 or groups != 1 or min(w.shape) < 2:
         return np.ascontiguousarray(w)
-    if _hwio_strides(w, groups) == (1, w.shape[0], w.shape[3] * w.shape[1] * w.shape[0], w.shape[1] * w.shape[0]):
+    if _hwio_strides(w, groups) == _dense_hwio(w.shape):
         return w
     out = np.empty(w.shape[2:] + w.shape[1::-1], np.float32).transpose(3, 2, 0, 1)
     out[...] = w
@@ -298,15 +304,14 @@ def conv_forward(x: Any, w: Any, b: Any, stride: tuple, pads: tuple, dilation: t
     y = _channels_last((x.shape[0], w.shape[0], ho, wo))
     geo = (tuple(w.shape), b is not None, y, stride, pads, dilation, groups)
     hwio = _hwio_strides(w, groups)
-    hit = _forward(lib, x, *geo, hwio=hwio) if hwio else None  # the weights read in place
-    weights = w if hit is not None else None
-    if hit is None:
+    hit = _forward(lib, x, *geo, hwio=hwio) if hwio else None
+    in_place = hit is not None  # the weights read as they are, else reordered into the kernel's layout
+    if not in_place:
         hit = _forward(lib, x, *geo)
     if hit is None:
         return None
     _, prim, src, wmd, bmd, dst = hit
-    if weights is None:
-        weights = _weights_in(lib, w, wmd, groups)
+    weights = w if in_place else _weights_in(lib, w, wmd, groups)
     args = [(_SRC, src, x), (_WEIGHTS, wmd, weights), (_DST, dst, y)]
     if b is not None:
         args.append((_BIAS, bmd, np.ascontiguousarray(b, dtype=np.float32)))
