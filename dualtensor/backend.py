@@ -358,7 +358,8 @@ def run_parallel(tasks: Iterable[Callable[[], Any]]) -> None:
     the ones no worker has started. For NumPy work that releases the GIL (ufuncs on large arrays) writing
     disjoint outputs; a generator of tasks may prepare each one in order (draw its random bits, say) while
     the earlier ones run. A call from inside a task runs its tasks inline. After a task fails no further
-    task starts; the first error is re-raised once every started task has finished."""
+    task starts; the first error is re-raised once every started task has finished (an error raised on the
+    calling thread, by a task or by ``tasks`` itself, once every handed-out task has finished)."""
     from concurrent.futures import wait
 
     n = cpu_threads()
@@ -383,9 +384,10 @@ def run_parallel(tasks: Iterable[Callable[[], Any]]) -> None:
             for f, t in reversed(recent):
                 if not failed and f.cancel():
                     t()
-    finally:  # nothing queued starts after an error; no started task outlives the call
-        for f, _ in recent:
-            f.cancel()
+    finally:  # nothing queued starts after a task failed; no handed-out task outlives the call
+        if failed:
+            for f, _ in recent:
+                f.cancel()
         wait(futures)
     for f in futures:
         if not f.cancelled():

@@ -135,14 +135,16 @@ def test_run_parallel_from_several_threads_at_once():
 
 
 def test_no_task_starts_after_one_failed():
-    started = []
+    started, raising = [], threading.Event()
 
     def bad():
+        raising.set()
         raise ValueError("task 0 failed")
 
     def tasks():
         yield bad
-        threading.Event().wait(0.1)  # task 0 has failed by now
+        raising.wait(10)
+        threading.Event().wait(0.2)  # task 0 has failed by now, also on a loaded machine
         for i in range(1, 6):
             yield lambda i=i: started.append(i)
 
