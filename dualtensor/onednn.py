@@ -9,6 +9,8 @@ turns it off. Channels-last arrays (conv2d's own results) are passed in place, o
 copy; results are channels-last. Geometries for which oneDNN has only its reference loops (e.g. one input
 channel) are declined (None), and conv2d keeps its GEMMs for them; so is the strided 1x1 weight gradient, whose
 oneDNN 3.2 kernel corrupts the heap on AVX2 CPUs.
+:func:`matmul` runs the linear layers' float32 products (backend.fast_matmul) where oneDNN has a brgemm kernel
+for them (AVX-512 CPUs; on AVX2 ones its matmul is a plain GEMM, no faster than OpenBLAS's: declined).
 Primitive descriptors are cached per shape, strides and options (creating one costs about 0.7 ms).
 Weights are reordered into the kernel's blocked layout on every call, except where they come as
 :func:`preferred_weights` lays them out ((kh, kw, C, O) memory, how :class:`dualtensor.nn.Conv2d` keeps them):
@@ -30,7 +32,7 @@ import numpy as np
 
 from . import backend
 
-__all__ = ["available", "conv_forward", "conv_backward_data", "conv_backward_weights", "preferred_weights"]
+__all__ = ["available", "conv_forward", "conv_backward_data", "conv_backward_weights", "matmul", "preferred_weights"]
 
 _F32, _ANY = 3, 1                              # dnnl_f32, dnnl_format_tag_any
 _FORWARD, _DIRECT, _CPU, _IN_ORDER = 64, 1, 1, 1  # forward_training, convolution_direct, cpu engine, stream flags
@@ -377,3 +379,27 @@ def conv_backward_weights(g: Any, x: Any, w_shape: tuple, stride: tuple, pads: t
     lib.run(prim, [(_SRC, src, x), (_DIFF_DST, ddst, g), (_DIFF_WEIGHTS, wmd, blocked)])
     lib.run(back, [(_SRC, wmd, blocked), (_DST, user, gw)])
     return gw.reshape(wshape)
+
+
+def matmul(a: Any, b: Any) -> Any:
+    """``a @ b`` of 2-d float32 arrays (any positive strides, transposed views in place) as a C-contiguous
+    array from oneDNN's matmul, or None where oneDNN has no brgemm kernel for it (CPUs without AVX-512:
+    there its matmul is the GEMM NumPy's OpenBLAS matches)."""
+    lib = _load()
+    a, b = _passable(a), _passable(b)
+    out = np.empty((a.shape[0], b.shape[1]), np.float32)
+
+    def build() -> tuple:
+        src, wei, dst = lib.desc(a, plain=True), lib.desc(b, plain=True), lib.desc(out, plain=True)
+        pd = ctypes.c_void_p()
+        lib.check(lib.lib.dnnl_matmul_primitive_desc_create(ctypes.byref(pd), lib.engine, src, wei, None, dst,
+                                                            None), "matmul")
+        if not lib.implementation(pd).startswith("brg"):
+            raise RuntimeError("oneDNN: no brgemm matmul kernel here")
+        return lib.primitive(pd), src, wei, dst
+    hit = lib.cached(("matmul", a.shape, a.strides, b.shape, b.strides), build)
+    if hit is None:
+        return None
+    prim, src, wei, dst = hit
+    lib.run(prim, [(_SRC, src, a), (_WEIGHTS, wei, b), (_DST, dst, out)])
+    return out

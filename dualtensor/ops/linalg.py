@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ..backend import cpu_threads as _cpu_threads
+from ..backend import fast_matmul as _fast_matmul
 from ..backend import get_xp as _xp
 from ..tensor import primal_of as _value
 from ..core import Primitive, lift, sum_to
@@ -167,11 +169,18 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Any:
 _FEW_ROWS = 256
 
 
+def _product(a, b):
+    """a @ b of 2-d arrays, on oneDNN where backend.fast_matmul takes it."""
+    out = _fast_matmul(a, b)
+    return _xp(a, b).matmul(a, b) if out is None else out
+
+
 def _times_wt(x2d: Any, w: Any, b: Any = None) -> Any:
     """x2d @ w.T (+ b) as a C-contiguous (N, out) array."""
     xp = _xp(x2d, w)
-    if x2d.shape[0] > _FEW_ROWS:
-        out = xp.matmul(x2d, w.T)
+    out = _fast_matmul(x2d, w.T)
+    if out is not None or x2d.shape[0] > _FEW_ROWS:
+        out = xp.matmul(x2d, w.T) if out is None else out
         if b is None:
             return out
         if out.dtype == xp.result_type(out, b):
@@ -205,7 +214,7 @@ def _linear_jvp(tangents, ans, x, w, b):
     if tw is not None:
         x2d = x.reshape(-1, n_in)
         if tw.flags.c_contiguous:  # x (N, in) @ tW^T viewed as (in, k*out): one GEMM for all k
-            r = xp.matmul(x2d, tw.reshape(k * n_out, n_in).T)  # (N, k*out)
+            r = _product(x2d, tw.reshape(k * n_out, n_in).T)  # (N, k*out)
             r = xp.moveaxis(r.reshape(-1, k, n_out), 1, 0).reshape(want)
         else:  # a strided slice of a global tangent: k GEMMs on the view write (k, N, out) directly,
             # no reshape copy of tW and no moveaxis copy of the result (k=16, 64x784 -> 1024, 1 BLAS thread:
@@ -225,11 +234,16 @@ def _linear_jvp(tangents, ans, x, w, b):
 
 
 def _linear_vjp_x(g, ans, x, w, b):
-    return _xp(g, w).matmul(g.reshape(-1, w.shape[0]), w).reshape(x.shape)
+    return _product(g.reshape(-1, w.shape[0]), w).reshape(x.shape)
 
 
 def _linear_vjp_w(g, ans, x, w, b):
-    return _xp(g, x).matmul(g.reshape(-1, w.shape[0]).T, x.reshape(-1, w.shape[1]))
+    g2, x2 = g.reshape(-1, w.shape[0]).T, x.reshape(-1, w.shape[1])
+    # A large, fresh (out, in) result: NumPy's BLAS writes it faster than oneDNN on one thread (1024 x 784 from
+    # 64 rows, output not in cache: 1.06 against 1.67 ms, bench/results/matmul-ab-1t.md); on more, one thread
+    # pool for all the linear layers' products pays instead (with OpenBLAS's beside oneDNN's, the two take each
+    # other's cores: the MLP's backprop step at 2 threads 5.1-5.4 ms against 4.6-4.8)
+    return _product(g2, x2) if _cpu_threads() > 1 else _xp(g, x).matmul(g2, x2)
 
 
 def _linear_vjp_b(g, ans, x, w, b):

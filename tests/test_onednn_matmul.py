@@ -1,0 +1,97 @@
+"""The linear layers' products on oneDNN's matmul (the ``onednn`` extra, backend.fast_matmul): equal to NumPy's
+for every shape and layout, taken exactly where oneDNN has a brgemm kernel (AVX-512 CPUs) and the product is
+large enough, never for float64, and the linear rules give NumPy's results with it."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import dualtensor as dt
+from dualtensor import backend, onednn
+
+pytestmark = pytest.mark.skipif(not onednn.available(),
+                                reason="oneDNN not installed (pip install -e '.[onednn]')")
+
+
+def _avx512_core() -> bool:
+    """The CPU has what oneDNN's f32 brgemm kernels need (AVX-512 F, BW, DQ, VL)."""
+    try:
+        flags = open("/proc/cpuinfo").read().split()
+    except OSError:
+        return False
+    return all(f in flags for f in ("avx512f", "avx512bw", "avx512dq", "avx512vl"))
+
+
+def _operand(rng, shape, transposed, strided):
+    """A float32 array of ``shape``: C-contiguous, a transposed view, and/or every other row of a larger one."""
+    rows, cols = shape[::-1] if transposed else shape
+    a = rng.standard_normal((rows * (2 if strided else 1), cols)).astype(np.float32)
+    a = a[::2] if strided else a
+    return a.T if transposed else a
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 300), k=st.integers(1, 300), n=st.integers(1, 300), ta=st.booleans(), tb=st.booleans(),
+       sa=st.booleans(), seed=st.integers(0, 2**16))
+def test_matmul_equals_numpy(m, k, n, ta, tb, sa, seed):
+    rng = np.random.default_rng(seed)
+    a, b = _operand(rng, (m, k), ta, sa), _operand(rng, (k, n), tb, False)
+    out = onednn.matmul(a, b)
+    if not sa:  # dense operands (a row stride of 2k oneDNN may hand to a plain GEMM, then declined)
+        assert (out is not None) == _avx512_core()
+    if out is not None:
+        assert out.shape == (m, n) and out.dtype == np.float32 and out.flags.c_contiguous
+        want = a.astype(np.float64) @ b.astype(np.float64)
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.sqrt(k) * 4)
+
+
+def test_declined_without_brgemm_kernels():
+    """On a CPU without AVX-512 (here: oneDNN limited to AVX2) its matmul is a plain GEMM: declined."""
+    code = ("import numpy as np; from dualtensor import onednn; "
+            "a = np.ones((64, 1024), np.float32); print(onednn.matmul(a, a.T) is None)")
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+
+
+def test_fast_matmul_takes_only_large_float32_products():
+    rng = np.random.default_rng(0)
+    big = rng.standard_normal((64, 1024)).astype(np.float32)
+    w = rng.standard_normal((1024, 1024)).astype(np.float32)
+    small = rng.standard_normal((64, 10)).astype(np.float32)
+    assert (backend.fast_matmul(big, w.T) is not None) == _avx512_core()
+    assert backend.fast_matmul(big, w[:, :10]) is None  # 64 x 1024 x 10 multiply-adds: NumPy's BLAS
+    assert backend.fast_matmul(small, small.T) is None
+    assert backend.fast_matmul(big.astype(np.float64), w.astype(np.float64)) is None
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_linear_rules_equal_numpy(monkeypatch, threads):
+    """Primal, input and weight tangents, and all three VJPs of linear with oneDNN's products equal NumPy's."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((64, 784)).astype(np.float32)
+    w = (rng.standard_normal((1024, 784)) * 0.03).astype(np.float32)
+    b = rng.standard_normal(1024).astype(np.float32)
+    tx = rng.standard_normal((3, 64, 784)).astype(np.float32)
+    tw = rng.standard_normal((3, 1024, 784)).astype(np.float32)
+    g = rng.standard_normal((64, 1024)).astype(np.float32)
+    taken = []
+    real = onednn.matmul
+    monkeypatch.setattr(onednn, "matmul", lambda a, c: taken.append(a.shape) or real(a, c))
+    monkeypatch.setattr("dualtensor.ops.linalg._cpu_threads", lambda: threads)
+
+    def run():
+        y = dt.linear(dt.DualTensor(x, tx), dt.DualTensor(w, tw), b)
+        _, pull = dt.vjp(dt.linear, x, w, b)
+        return [np.asarray(y.primal), np.asarray(y.tangent), *[np.asarray(v) for v in pull(g)]]
+    fast = run()
+    assert bool(taken) == _avx512_core()
+    monkeypatch.setattr(backend, "_MATMUL_MIN_MACS", 1 << 62)
+    taken.clear()
+    plain = run()
+    assert not taken
+    for f, p in zip(fast, plain):
+        np.testing.assert_allclose(f, p, rtol=2e-5, atol=2e-5 * float(np.abs(p).max()))
