@@ -383,9 +383,11 @@ def conv_backward_weights(g: Any, x: Any, w_shape: tuple, stride: tuple, pads: t
 
 def matmul(a: Any, b: Any) -> Any:
     """``a @ b`` of 2-d float32 arrays (any positive strides, transposed views in place) as a C-contiguous
-    array from oneDNN's matmul, or None where oneDNN has no brgemm kernel for it (CPUs without AVX-512:
-    there its matmul is the GEMM NumPy's OpenBLAS matches)."""
+    array from oneDNN's matmul, or None where oneDNN is not there or has no brgemm kernel for it (CPUs without
+    AVX-512: there its matmul is the GEMM NumPy's OpenBLAS matches)."""
     lib = _load()
+    if not lib:
+        return None
     a, b = _passable(a), _passable(b)
     out = np.empty((a.shape[0], b.shape[1]), np.float32)
 

@@ -95,3 +95,11 @@ def test_linear_rules_equal_numpy(monkeypatch, threads):
     assert not taken
     for f, p in zip(fast, plain):
         np.testing.assert_allclose(f, p, rtol=2e-5, atol=2e-5 * float(np.abs(p).max()))
+
+
+def test_switched_off_declines():
+    code = ("import numpy as np; from dualtensor import onednn, backend; a = np.ones((64, 1024), np.float32); "
+            "print(onednn.matmul(a, a.T) is None, backend.fast_matmul(a, a.T) is None)")
+    env = dict(os.environ, DUALTENSOR_ONEDNN="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]

@@ -241,8 +241,7 @@ def _linear_vjp_w(g, ans, x, w, b):
     g2, x2 = g.reshape(-1, w.shape[0]).T, x.reshape(-1, w.shape[1])
     # A large, fresh (out, in) result: NumPy's BLAS writes it faster than oneDNN on one thread (1024 x 784 from
     # 64 rows, output not in cache: 1.06 against 1.67 ms, bench/results/matmul-ab-1t.md); on more, one thread
-    # pool for all the linear layers' products pays instead (with OpenBLAS's beside oneDNN's, the two take each
-    # other's cores: the MLP's backprop step at 2 threads 5.1-5.4 ms against 4.6-4.8)
+    # pool for all the linear layers' products pays instead (OpenBLAS's and oneDNN's take each other's cores)
     return _product(g2, x2) if _cpu_threads() > 1 else _xp(g, x).matmul(g2, x2)
 
 
