@@ -14,7 +14,8 @@ combine by PyTorch's rule (:func:`result_dtype`), so a float32 array stays float
 float64 scalar, a 0-d float64 array or an integer array. :func:`elementwise` declares such a
 primitive from its partial derivatives, once for both rules.
 With ``has_aux=True`` the impl returns ``(out, saved)``; rules receive that pair as ``ans`` (so
-they reuse primal intermediates) and the caller receives ``(out, saved)``.
+they reuse primal intermediates) and the caller receives ``(out, saved)``; an optional ``plain_impl``
+returns ``(out, None)`` for calls on plain arrays, where no rule will need ``saved``.
 """
 from __future__ import annotations
 
@@ -109,8 +110,8 @@ def observe(callback: Callable[["Primitive", tuple, dict, Any], None]) -> Iterat
         _observers.remove(callback)
 
 
-def _impl(prim: "Primitive", args: Sequence[Any], params: dict) -> Any:
-    ans = prim.impl(*args, **params)
+def _impl(prim: "Primitive", args: Sequence[Any], params: dict, plain: bool = False) -> Any:
+    ans = (prim.plain_impl if plain and prim.plain_impl is not None else prim.impl)(*args, **params)
     for callback in _observers:
         callback(prim, tuple(args), params, ans)
     return ans
@@ -125,8 +126,9 @@ class Primitive:
                  jvps: Sequence[Callable | None] | None = None, vjp: Callable | None = None,
                  vjps: Sequence[Callable | None] | None = None, elementwise: bool = False,
                  has_aux: bool = False, nondiff: Sequence[int] = (), promote: Sequence[int] | None = None,
-                 floating: bool = False):
+                 floating: bool = False, plain_impl: Callable | None = None):
         self.name, self.impl = name, impl
+        self.plain_impl = plain_impl  # has_aux: the primal alone for plain arrays, aux None (no rule runs)
         self.jvp_rule, self.jvps = jvp, jvps
         self.vjp_rule, self.vjps = vjp, vjps
         self.elementwise, self.has_aux, self.nondiff = elementwise, has_aux, frozenset(nondiff)
@@ -176,7 +178,7 @@ def bind(prim: Primitive, args: tuple, params: dict) -> Any:
     """Apply ``prim`` to ``args``, propagating tangents or recording on the tape as needed."""
     args, mode = _classify(prim, args)
     if mode == 0:
-        return _impl(prim, _promoted(prim, args) if prim.elementwise else args, params)
+        return _impl(prim, _promoted(prim, args) if prim.elementwise else args, params, plain=True)
     if mode == 2:
         return _bind_traced(prim, args, params)
     return _bind_dual(prim, args, params)

@@ -235,8 +235,22 @@ def _bn_vjp_b(g, ans, *args, eps):
     return g.sum(axis=_bn_axes(g.ndim))
 
 
+def _bn_train_value(x, w, b, *, eps):
+    """The primal for plain arrays, bit for bit the impl's, with the affine map applied in place (no xhat kept)."""
+    xp = _xp(x)
+    cs = _bn_cshape(x)
+    if xp.result_type(x, *(a for a in (w, b) if a is not None)) != x.dtype:  # wider parameters: the result too
+        return _bn_train_impl(x, w, b, eps=eps)
+    out, _, mean, var = _moments(x, _bn_axes(x.ndim), eps)
+    if w is not None:
+        out *= w.reshape(cs)
+    if b is not None:
+        out += b.reshape(cs)
+    return out, (None, None, mean, var)
+
+
 _batch_norm_train = Primitive("batch_norm_train", _bn_train_impl, jvp=_bn_train_jvp, has_aux=True,
-                              vjps=[_bn_train_vjp_x, _bn_vjp_w, _bn_vjp_b])
+                              vjps=[_bn_train_vjp_x, _bn_vjp_w, _bn_vjp_b], plain_impl=_bn_train_value)
 
 
 def _bn_eval_impl(x, rm, rv, w, b, *, eps):
@@ -265,4 +279,3 @@ def _bn_eval_jvp(tangents, ans, x, rm, rv, w, b, *, eps):
 
 _batch_norm_eval = Primitive("batch_norm_eval", _bn_eval_impl, jvp=_bn_eval_jvp, has_aux=True, nondiff=(1, 2),
                              vjps=[lambda g, ans, *args, eps: g * ans[1][1], None, None, _bn_vjp_w, _bn_vjp_b])
-

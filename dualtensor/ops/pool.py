@@ -69,7 +69,7 @@ def max_pool2d(input: Any, kernel_size: Any, stride: Any = None, padding: Any = 
     return out
 
 
-def _max_pool2d_impl(x, *, kernel, stride, pads, dilation):
+def _max_pool2d_impl(x, *, kernel, stride, pads, dilation, winners=True):
     xp = _xp(x)
     xpad = _pad(x, pads, -float("inf"))
     out_hw = _windows(xpad, kernel, stride, dilation).shape[-2:]
@@ -79,7 +79,11 @@ def _max_pool2d_impl(x, *, kernel, stride, pads, dilation):
         if best is None:
             best = xp.empty_like(s)  # the input's memory layout (channels-last stays so)
             best[...] = s
-            arg = xp.zeros_like(best, dtype=xp.uint8 if kernel[0] * kernel[1] < 256 else xp.int32)
+            if winners:
+                arg = xp.zeros_like(best, dtype=xp.uint8 if kernel[0] * kernel[1] < 256 else xp.int32)
+            continue
+        if not winners:
+            xp.maximum(best, s, out=best)
             continue
         # torch's rule: a later window cell wins when larger or NaN (ties keep the first, a NaN the last);
         # offsets only grow, so max() records the winner, and maximum() carries a NaN on
@@ -160,7 +164,14 @@ def _max_pool2d_vjp(g, ans, x, *, kernel, stride, pads, dilation):
     return _unpad(gx, pads, hw)
 
 
-_max_pool2d = Primitive("max_pool2d", _max_pool2d_impl, jvp=_max_pool2d_jvp, vjps=[_max_pool2d_vjp], has_aux=True)
+def _max_pool2d_value(x, *, kernel, stride, pads, dilation):
+    """The running maximum alone, for plain arrays: no rule needs the winners (their map took three more passes
+    per window offset)."""
+    return _max_pool2d_impl(x, kernel=kernel, stride=stride, pads=pads, dilation=dilation, winners=False)
+
+
+_max_pool2d = Primitive("max_pool2d", _max_pool2d_impl, jvp=_max_pool2d_jvp, vjps=[_max_pool2d_vjp], has_aux=True,
+                        plain_impl=_max_pool2d_value)
 
 
 # -------------------------------------------------------------------------------------- avg_pool2d
