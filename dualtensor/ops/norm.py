@@ -202,8 +202,31 @@ def batch_norm(input: Any, running_mean: Any, running_var: Any, weight: Any = No
     return out
 
 
+def _bn_sum(t: Any, u: Any = None) -> Any:
+    """Per-channel sums over N and the spatial dims of an (N, C, ...) array, or of ``t * u``, as (C,): one einsum
+    pass, faster than NumPy's reduction over those axes of channels-last data."""
+    t3 = t.reshape(t.shape[0], t.shape[1], -1)
+    if u is None:
+        return _xp(t).einsum("ncs->c", t3)
+    return _xp(t).einsum("ncs,ncs->c", t3, u.reshape(t3.shape))
+
+
+def _bn_moments(x: Any, eps: float) -> tuple:
+    """_moments over batch norm's axes, the sums by _bn_sum."""
+    m = x.size // x.shape[1] if x.ndim > 1 and x.shape[1] else 0
+    if m == 0:
+        return _moments(x, _bn_axes(x.ndim), eps)
+    cs = _bn_cshape(x)
+    mean = (_bn_sum(x) * (1.0 / m)).reshape(cs)
+    xc = x - mean
+    var = (_bn_sum(xc, xc) * (1.0 / m)).reshape(cs)
+    rstd = 1 / _xp(x).sqrt(var + eps)
+    xc *= rstd
+    return xc, rstd, mean, var
+
+
 def _bn_train_impl(x, w, b, *, eps):
-    xhat, rstd, mean, var = _moments(x, _bn_axes(x.ndim), eps)
+    xhat, rstd, mean, var = _bn_moments(x, eps)
     cs = _bn_cshape(x)
     out = xhat if w is None else xhat * w.reshape(cs)
     if b is not None:
@@ -228,11 +251,11 @@ def _bn_train_vjp_x(g, ans, x, w, b, *, eps):
 
 
 def _bn_vjp_w(g, ans, *args, eps):
-    return (g * ans[1][0]).sum(axis=_bn_axes(g.ndim))
+    return _bn_sum(g, ans[1][0]) if g.ndim > 1 else (g * ans[1][0]).sum(axis=0)
 
 
 def _bn_vjp_b(g, ans, *args, eps):
-    return g.sum(axis=_bn_axes(g.ndim))
+    return _bn_sum(g) if g.ndim > 1 else g.sum(axis=0)
 
 
 def _bn_train_value(x, w, b, *, eps):
@@ -241,7 +264,7 @@ def _bn_train_value(x, w, b, *, eps):
     cs = _bn_cshape(x)
     if xp.result_type(x, *(a for a in (w, b) if a is not None)) != x.dtype:  # wider parameters: the result too
         return _bn_train_impl(x, w, b, eps=eps)
-    out, _, mean, var = _moments(x, _bn_axes(x.ndim), eps)
+    out, _, mean, var = _bn_moments(x, eps)
     if w is not None:
         out *= w.reshape(cs)
     if b is not None:
