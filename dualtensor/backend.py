@@ -268,7 +268,8 @@ def fast_matmul(a: Any, b: Any) -> Any:
 
 def direct_conv(*arrays: Any) -> Any:
     """The direct-convolution library for these arrays (:mod:`dualtensor.onednn` for NumPy float32
-    arrays where oneDNN is installed), or None: then conv2d runs as GEMMs (always on CuPy)."""
+    arrays where oneDNN is installed), or None: then conv2d runs as GEMMs (always on CuPy). The same
+    library offers :func:`fast_matmul` its products."""
     if not all(a is None or (type(a) is np.ndarray and a.dtype == np.float32) for a in arrays):
         return None
     from . import onednn
