@@ -37,13 +37,16 @@ def product_cases(k: int, rng) -> list:
     """(name, a, b, kept alive) of the MLP's products; ``kept`` results stay referenced (cold outputs)."""
     f = np.float32
     x, h = rng.standard_normal((64, 784), dtype=f), rng.standard_normal((64, 1024), dtype=f)
+    g = rng.standard_normal((64, 1024), dtype=f)  # not h: NumPy runs h^T h as a symmetric product (syrk)
     w1, w2 = rng.standard_normal((1024, 784), dtype=f), rng.standard_normal((1024, 1024), dtype=f)
+    w3 = rng.standard_normal((10, 1024), dtype=f)
     t = rng.standard_normal((k * 64, 1024), dtype=f)
     return [("forward 64 x 784 -> 1024", x, w1.T, 0), ("forward 64 x 1024 -> 1024", h, w2.T, 0),
             (f"tangents {k * 64} x 1024 -> 1024", t, w2.T, 0), ("input cotangent 64 x 1024 -> 1024", h, w2, 0),
-            ("weight cotangent 1024 x 784, warm output", h.T, x, 0),
-            ("weight cotangent 1024 x 784, cold output", h.T, x, 16),
-            ("weight cotangent 1024 x 1024, cold output", h.T, h, 16)]
+            ("weight cotangent 1024 x 784, warm output", g.T, x, 0),
+            ("weight cotangent 1024 x 784, cold output", g.T, x, 16),
+            ("weight cotangent 1024 x 1024, cold output", g.T, h, 16),
+            ("forward 64 x 1024 -> 10 (below fast_matmul's size)", h, w3.T, 0)]
 
 
 def time_products(k: int, repeats: int) -> list[dict]:

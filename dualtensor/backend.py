@@ -250,16 +250,17 @@ def gemm(a: Any, b: Any, out: Any, accumulate: bool = False) -> Any:
     return out
 
 
-# Products below this many multiply-adds stay on NumPy's BLAS: a oneDNN call costs about 10 us more
-# (64 x 1024 x 10: 0.030 against 0.017 ms; 1024 x 1024 x 10: 0.30 against 0.48).
+# Products below this many multiply-adds stay on NumPy's BLAS: a oneDNN call has a fixed cost of its own
+# (bench/results/matmul-ab-1t.md: the 64 x 1024 -> 10 product)
 _MATMUL_MIN_MACS = 1 << 21
 
 
 def fast_matmul(a: Any, b: Any) -> Any:
-    """``a @ b`` of two 2-d arrays as a C-contiguous array from a library faster than ``xp.matmul`` for it,
-    or None (then the caller's own product is as fast). That library is oneDNN's matmul, for NumPy float32
-    operands where the ``onednn`` extra is installed and oneDNN has a brgemm kernel for them (AVX-512 CPUs;
-    1 thread, 64 x 1024 -> 1024: 1.05 against OpenBLAS's 1.43 ms, bench/results/matmul-ab-1t.md)."""
+    """``a @ b`` of two 2-d arrays as a C-contiguous array from a library that runs the linear layers' products
+    faster than ``xp.matmul`` (as a whole: bench/results/matmul-ab-*.md), or None (then the caller's own
+    product). That library is oneDNN's matmul, for NumPy float32 operands of at least 2**21 multiply-adds where
+    the ``onednn`` extra is installed and oneDNN has a brgemm kernel for them (AVX-512 CPUs; 1 thread,
+    64 x 1024 -> 1024: 1.03 against OpenBLAS's 1.38 ms in bench/results/matmul-ab-1t.md)."""
     if a.shape[0] * a.shape[1] * b.shape[1] < _MATMUL_MIN_MACS:
         return None
     lib = direct_conv(a, b)
@@ -419,10 +420,10 @@ def let_idle_blas_threads_sleep(spin_log2: int = BLAS_SPIN_LOG2) -> list[str]:
     cycles of idle polling instead of OpenBLAS's ``2**28`` (about 0.1 s); returns the libraries changed.
 
     A spinning worker holds a core for that long after every product, which is harmless while BLAS is
-    the only thread pool but takes a core from another pool's threads (oneDNN's OpenMP convolutions,
-    called between the linear layers' products): :mod:`dualtensor.onednn` calls this when it creates
-    its first convolution. Waking a sleeping worker costs more than a short spin, so processes
-    without oneDNN convolutions keep OpenBLAS's default. OpenBLAS reads its ``OPENBLAS_THREAD_TIMEOUT`` when
+    the only thread pool but takes a core from another pool's threads (oneDNN's OpenMP convolutions and
+    matmuls, called between OpenBLAS's products): :mod:`dualtensor.onednn` calls this when it creates
+    its first primitive with a fast kernel. Waking a sleeping worker costs more than a short spin, so
+    processes that do not run oneDNN keep OpenBLAS's default. OpenBLAS reads its ``OPENBLAS_THREAD_TIMEOUT`` when
     its pool starts, so the pool is restarted here (what OpenBLAS itself does after a fork); a
     ``OPENBLAS_THREAD_TIMEOUT`` set by the user is left in force. The environment is restored afterwards, so new
     processes start with OpenBLAS's default; a forked child inherits the restarted pool and its short spin.

@@ -15,7 +15,8 @@ float64 scalar, a 0-d float64 array or an integer array. :func:`elementwise` dec
 primitive from its partial derivatives, once for both rules.
 With ``has_aux=True`` the impl returns ``(out, saved)``; rules receive that pair as ``ans`` (so
 they reuse primal intermediates) and the caller receives ``(out, saved)``; an optional ``plain_impl``
-returns ``(out, None)`` for calls on plain arrays, where no rule will need ``saved``.
+serves calls on plain arrays, where no rule runs: the same ``out`` (bit for bit) with ``saved`` holding
+only what callers read (None in place of what only the rules need).
 """
 from __future__ import annotations
 
@@ -102,7 +103,8 @@ _observers: list[Callable] = []
 def observe(callback: Callable[["Primitive", tuple, dict, Any], None]) -> Iterator[None]:
     """Within the block, ``callback(prim, args, params, ans)`` runs after every primitive's primal
     computation (plain, forward or reverse mode; ``args`` are the primal arrays, ``ans`` the impl's
-    result): e.g. to count the multiply-adds of a forward pass, or to list the operations it runs."""
+    result, or the ``plain_impl``'s for plain arrays, whose aux may hold None): e.g. to count the
+    multiply-adds of a forward pass, or to list the operations it runs."""
     _observers.append(callback)
     try:
         yield
@@ -128,7 +130,7 @@ class Primitive:
                  has_aux: bool = False, nondiff: Sequence[int] = (), promote: Sequence[int] | None = None,
                  floating: bool = False, plain_impl: Callable | None = None):
         self.name, self.impl = name, impl
-        self.plain_impl = plain_impl  # has_aux: the primal alone for plain arrays, aux None (no rule runs)
+        self.plain_impl = plain_impl  # the primal for plain arrays (no rule runs): see the module docstring
         self.jvp_rule, self.jvps = jvp, jvps
         self.vjp_rule, self.vjps = vjp, vjps
         self.elementwise, self.has_aux, self.nondiff = elementwise, has_aux, frozenset(nondiff)

@@ -25,6 +25,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -71,6 +72,8 @@ class _Library:
         self.check(lib.dnnl_stream_create(ctypes.byref(self.stream), self.engine, _IN_ORDER), "stream")
         self.cache: OrderedDict = OrderedDict()
         self.shares_cores = False
+        self.brgemm_matmul: bool | None = None  # whether oneDNN has brgemm matmul kernels on this CPU
+        self.lock = threading.RLock()  # one stream and a shared cache: calls from several threads take turns
 
     @staticmethod
     def check(status: int, what: str) -> None:
@@ -111,7 +114,7 @@ class _Library:
             raise RuntimeError(f"oneDNN: only the reference implementation ({name})")
         p = ctypes.c_void_p()
         self.check(self.lib.dnnl_primitive_create(ctypes.byref(p), pd), "primitive")
-        if fast and not self.shares_cores:  # the first convolution: two thread pools share the cores now
+        if fast and not self.shares_cores:  # the first fast primitive: two thread pools share the cores now
             self.shares_cores = True
             backend.let_idle_blas_threads_sleep()
         return p
@@ -125,32 +128,34 @@ class _Library:
     def run(self, prim: Any, args: list) -> None:
         """Execute with (argument id, memory descriptor, array) triples, the arrays passed in place."""
         mems = []
-        try:
-            for _, md, a in args:
-                m = ctypes.c_void_p()
-                self.check(self.lib.dnnl_memory_create(ctypes.byref(m), md, self.engine,
-                                                       ctypes.c_void_p(a.ctypes.data)), "memory")
-                mems.append(m)
-            arr = (_Arg * len(args))(*[_Arg(a[0], m) for a, m in zip(args, mems)])
-            self.check(self.lib.dnnl_primitive_execute(prim, self.stream, len(args), arr), "execute")
-            self.check(self.lib.dnnl_stream_wait(self.stream), "stream wait")
-        finally:
-            for m in mems:
-                self.lib.dnnl_memory_destroy(m)
+        with self.lock:
+            try:
+                for _, md, a in args:
+                    m = ctypes.c_void_p()
+                    self.check(self.lib.dnnl_memory_create(ctypes.byref(m), md, self.engine,
+                                                           ctypes.c_void_p(a.ctypes.data)), "memory")
+                    mems.append(m)
+                arr = (_Arg * len(args))(*[_Arg(a[0], m) for a, m in zip(args, mems)])
+                self.check(self.lib.dnnl_primitive_execute(prim, self.stream, len(args), arr), "execute")
+                self.check(self.lib.dnnl_stream_wait(self.stream), "stream wait")
+            finally:
+                for m in mems:
+                    self.lib.dnnl_memory_destroy(m)
 
     def cached(self, key: tuple, build: Any) -> Any:
         """build() once per key; a build that raised RuntimeError (oneDNN declines) is cached as None."""
-        if key in self.cache:
-            self.cache.move_to_end(key)
-            return self.cache[key]
-        try:
-            hit = build()
-        except RuntimeError:
-            hit = None
-        self.cache[key] = hit
-        if len(self.cache) > _CACHE_SIZE:
-            self.cache.popitem(last=False)
-        return hit
+        with self.lock:
+            if key in self.cache:
+                self.cache.move_to_end(key)
+                return self.cache[key]
+            try:
+                hit = build()
+            except RuntimeError:
+                hit = None
+            self.cache[key] = hit
+            if len(self.cache) > _CACHE_SIZE:
+                self.cache.popitem(last=False)
+            return hit
 
 
 _LIB: Any = None  # a _Library, or False where oneDNN is not there
@@ -381,12 +386,26 @@ def conv_backward_weights(g: Any, x: Any, w_shape: tuple, stride: tuple, pads: t
     return gw.reshape(wshape)
 
 
+def _has_brgemm_matmul(lib: _Library) -> bool:
+    """Whether oneDNN picks a brgemm kernel for a plain float32 product on this CPU (asked once)."""
+    if lib.brgemm_matmul is None:
+        a = np.zeros((64, 64), np.float32)
+        pd = ctypes.c_void_p()
+        md = lib.desc(a, plain=True)
+        lib.check(lib.lib.dnnl_matmul_primitive_desc_create(ctypes.byref(pd), lib.engine, md, md, None, md, None),
+                  "matmul")
+        lib.brgemm_matmul = lib.implementation(pd).startswith("brg")
+        lib.lib.dnnl_primitive_desc_destroy(pd)
+        lib.lib.dnnl_memory_desc_destroy(md)
+    return lib.brgemm_matmul
+
+
 def matmul(a: Any, b: Any) -> Any:
     """``a @ b`` of 2-d float32 arrays (any positive strides, transposed views in place) as a C-contiguous
     array from oneDNN's matmul, or None where oneDNN is not there or has no brgemm kernel for it (CPUs without
     AVX-512: there its matmul is the GEMM NumPy's OpenBLAS matches)."""
     lib = _load()
-    if not lib:
+    if not lib or not _has_brgemm_matmul(lib):
         return None
     a, b = _passable(a), _passable(b)
     out = np.empty((a.shape[0], b.shape[1]), np.float32)

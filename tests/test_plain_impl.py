@@ -54,11 +54,15 @@ def test_plain_calls_take_the_plain_impl_and_are_observed(monkeypatch):
     assert seen == ["max_pool2d"] * 3
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("affine", [True, False])
-def test_batch_norm_train_plain_equals_full(monkeypatch, dtype, affine):
+@pytest.mark.parametrize("shape, channels_last", [((8, 5, 4, 3), False), ((8, 5, 4, 3), True), ((8, 5), False),
+                                                  ((8, 5, 7), False)])
+def test_batch_norm_train_plain_equals_full(monkeypatch, dtype, affine, shape, channels_last):
     rng = np.random.default_rng(1)
-    x = (rng.standard_normal((8, 5, 4, 3)) * 3 + 2).astype(dtype)
+    x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
+    if channels_last:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     w = rng.standard_normal(5).astype(dtype) if affine else None
     b = rng.standard_normal(5).astype(dtype) if affine else None
     stats = {}
@@ -72,17 +76,38 @@ def test_batch_norm_train_plain_equals_full(monkeypatch, dtype, affine):
     plain = np.asarray(f(x, "plain"))
     full = _dual_primal(lambda a: f(a, "full"), x)
     assert calls == ["plain", "full"]
-    assert plain.dtype == full.dtype == dtype
+    assert plain.dtype == full.dtype == dtype and plain.shape == full.shape
     np.testing.assert_array_equal(plain, full)  # bit for bit: plain and dual passes of one model agree exactly
     for a, c in zip(stats["plain"], stats["full"]):
         np.testing.assert_array_equal(a, c)
 
 
-def test_batch_norm_plain_keeps_wider_parameter_dtype():
+def test_batch_norm_sums_do_not_overflow_in_half_precision():
+    x = np.ones((64, 4, 32, 32), np.float16)  # per-channel sums 65536: above float16's largest number
+    out = np.asarray(F.batch_norm(x, None, None, None, None, training=True))
+    assert np.isfinite(out).all()
+    _, pull = dt.vjp(lambda w, b: F.batch_norm(x, None, None, w, b, training=True),
+                     np.ones(4, np.float16), np.zeros(4, np.float16))
+    gw, gb = pull(np.full(x.shape, 1e-3, np.float16))
+    assert np.isfinite(gb).all() and np.isfinite(gw).all()
+
+
+@pytest.mark.parametrize("xdtype, pdtype", [(np.float32, np.float64), (np.float64, np.float32)])
+def test_batch_norm_plain_takes_the_wider_dtype(xdtype, pdtype):
     rng = np.random.default_rng(2)
-    x = rng.standard_normal((4, 3, 2, 2)).astype(np.float32)
-    w, b = rng.standard_normal(3), rng.standard_normal(3)  # float64
-    out = F.batch_norm(x, None, None, w, b, training=True)
+    x = rng.standard_normal((4, 3, 2, 2)).astype(xdtype)
+    w, b = rng.standard_normal(3).astype(pdtype), rng.standard_normal(3).astype(pdtype)
+    out = np.asarray(F.batch_norm(x, None, None, w, b, training=True))
     full = _dual_primal(lambda a: F.batch_norm(a, None, None, w, b, training=True), x)
-    assert out.dtype == full.dtype
-    np.testing.assert_allclose(out, full, rtol=1e-6, atol=1e-6)
+    assert out.dtype == full.dtype == np.float64
+    np.testing.assert_array_equal(out, full)
+
+
+def test_batch_norm_cotangents_of_an_empty_batch():
+    x = np.ones((0, 3, 4, 4), np.float32)
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    out, pull = dt.vjp(lambda w, b: F.batch_norm(x, rm, rv, w, b, training=False), np.ones(3, np.float32),
+                       np.zeros(3, np.float32))
+    gw, gb = pull(np.ones(out.shape, np.float32))
+    np.testing.assert_array_equal(gw, np.zeros(3))
+    np.testing.assert_array_equal(gb, np.zeros(3))

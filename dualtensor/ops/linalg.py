@@ -240,8 +240,9 @@ def _linear_vjp_x(g, ans, x, w, b):
 def _linear_vjp_w(g, ans, x, w, b):
     g2, x2 = g.reshape(-1, w.shape[0]).T, x.reshape(-1, w.shape[1])
     # A large, fresh (out, in) result: NumPy's BLAS writes it faster than oneDNN on one thread (1024 x 784 from
-    # 64 rows, output not in cache: 1.06 against 1.67 ms, bench/results/matmul-ab-1t.md); on more, one thread
-    # pool for all the linear layers' products pays instead (OpenBLAS's and oneDNN's take each other's cores)
+    # 64 rows, output not in cache: bench/results/matmul-ab-1t.md). On more threads it goes to oneDNN with the
+    # other products all the same, so that OpenBLAS's pool does not work beside oneDNN's on the same cores
+    # (scratch A/B, not kept: the MLP's backprop was slower with this product alone on OpenBLAS)
     return _product(g2, x2) if _cpu_threads() > 1 else _xp(g, x).matmul(g2, x2)
 
 

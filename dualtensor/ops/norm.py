@@ -47,10 +47,10 @@ def _bn_stats(t: Any, xhat: Any) -> tuple:
     lead = t.shape[:t.ndim - xhat.ndim]
     nb, ch = xhat.shape[:2]
     m = max(xhat.size // ch, 1) if ch else 1
-    t3 = t.reshape(lead + (nb, ch, -1))
+    t3 = t.reshape(lead + (nb, ch, math.prod(xhat.shape[2:])))
     keep = lead + _bn_cshape(xhat)
     a = xp.einsum("...ncs->...c", t3).reshape(keep)
-    c = xp.einsum("...ncs,ncs->...c", t3, xhat.reshape(nb, ch, -1)).reshape(keep)
+    c = xp.einsum("...ncs,ncs->...c", t3, xhat.reshape(t3.shape[-3:])).reshape(keep)
     return a * (1.0 / m), c * (1.0 / m)
 
 
@@ -204,18 +204,22 @@ def batch_norm(input: Any, running_mean: Any, running_var: Any, weight: Any = No
 
 def _bn_sum(t: Any, u: Any = None) -> Any:
     """Per-channel sums over N and the spatial dims of an (N, C, ...) array, or of ``t * u``, as (C,): one einsum
-    pass, faster than NumPy's reduction over those axes of channels-last data."""
-    t3 = t.reshape(t.shape[0], t.shape[1], -1)
+    pass, faster than NumPy's reduction over those axes of channels-last data. Dtypes narrower than float32 (whose
+    einsum would accumulate, and overflow, in their own precision) and empty arrays take that reduction."""
+    if t.dtype.itemsize < 4 or t.size == 0:
+        return (t if u is None else t * u).sum(axis=_bn_axes(t.ndim))
+    t3 = t.reshape(t.shape[0], t.shape[1], math.prod(t.shape[2:]))
     if u is None:
         return _xp(t).einsum("ncs->c", t3)
     return _xp(t).einsum("ncs,ncs->c", t3, u.reshape(t3.shape))
 
 
 def _bn_moments(x: Any, eps: float) -> tuple:
-    """_moments over batch norm's axes, the sums by _bn_sum."""
-    m = x.size // x.shape[1] if x.ndim > 1 and x.shape[1] else 0
-    if m == 0:
+    """_moments over batch norm's axes, the sums by _bn_sum (NumPy's mean, with its float32 accumulator, for
+    narrower dtypes and empty arrays)."""
+    if x.dtype.itemsize < 4 or x.size == 0:
         return _moments(x, _bn_axes(x.ndim), eps)
+    m = x.size // x.shape[1]
     cs = _bn_cshape(x)
     mean = (_bn_sum(x) * (1.0 / m)).reshape(cs)
     xc = x - mean
@@ -251,11 +255,11 @@ def _bn_train_vjp_x(g, ans, x, w, b, *, eps):
 
 
 def _bn_vjp_w(g, ans, *args, eps):
-    return _bn_sum(g, ans[1][0]) if g.ndim > 1 else (g * ans[1][0]).sum(axis=0)
+    return _bn_sum(g, ans[1][0])
 
 
 def _bn_vjp_b(g, ans, *args, eps):
-    return _bn_sum(g) if g.ndim > 1 else g.sum(axis=0)
+    return _bn_sum(g)
 
 
 def _bn_train_value(x, w, b, *, eps):
