@@ -386,15 +386,19 @@ def conv_backward_weights(g: Any, x: Any, w_shape: tuple, stride: tuple, pads: t
     return gw.reshape(wshape)
 
 
+def _matmul_desc(lib: _Library, src: Any, wei: Any, dst: Any) -> tuple:
+    """(primitive descriptor, whether oneDNN chose a brgemm kernel) of a float32 matmul."""
+    pd = ctypes.c_void_p()
+    lib.check(lib.lib.dnnl_matmul_primitive_desc_create(ctypes.byref(pd), lib.engine, src, wei, None, dst, None),
+              "matmul")
+    return pd, lib.implementation(pd).startswith("brg")
+
+
 def _has_brgemm_matmul(lib: _Library) -> bool:
     """Whether oneDNN picks a brgemm kernel for a plain float32 product on this CPU (asked once)."""
     if lib.brgemm_matmul is None:
-        a = np.zeros((64, 64), np.float32)
-        pd = ctypes.c_void_p()
-        md = lib.desc(a, plain=True)
-        lib.check(lib.lib.dnnl_matmul_primitive_desc_create(ctypes.byref(pd), lib.engine, md, md, None, md, None),
-                  "matmul")
-        lib.brgemm_matmul = lib.implementation(pd).startswith("brg")
+        md = lib.desc(np.zeros((64, 64), np.float32), plain=True)
+        pd, lib.brgemm_matmul = _matmul_desc(lib, md, md, md)
         lib.lib.dnnl_primitive_desc_destroy(pd)
         lib.lib.dnnl_memory_desc_destroy(md)
     return lib.brgemm_matmul
@@ -412,10 +416,8 @@ def matmul(a: Any, b: Any) -> Any:
 
     def build() -> tuple:
         src, wei, dst = lib.desc(a, plain=True), lib.desc(b, plain=True), lib.desc(out, plain=True)
-        pd = ctypes.c_void_p()
-        lib.check(lib.lib.dnnl_matmul_primitive_desc_create(ctypes.byref(pd), lib.engine, src, wei, None, dst,
-                                                            None), "matmul")
-        if not lib.implementation(pd).startswith("brg"):
+        pd, brgemm = _matmul_desc(lib, src, wei, dst)
+        if not brgemm:
             raise RuntimeError("oneDNN: no brgemm matmul kernel here")
         return lib.primitive(pd), src, wei, dst
     hit = lib.cached(("matmul", a.shape, a.strides, b.shape, b.strides), build)

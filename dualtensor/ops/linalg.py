@@ -179,8 +179,9 @@ def _times_wt(x2d: Any, w: Any, b: Any = None) -> Any:
     """x2d @ w.T (+ b) as a C-contiguous (N, out) array."""
     xp = _xp(x2d, w)
     out = _fast_matmul(x2d, w.T)
-    if out is not None or x2d.shape[0] > _FEW_ROWS:
-        out = xp.matmul(x2d, w.T) if out is None else out
+    if out is None and x2d.shape[0] > _FEW_ROWS:
+        out = xp.matmul(x2d, w.T)
+    if out is not None:
         if b is None:
             return out
         if out.dtype == xp.result_type(out, b):
