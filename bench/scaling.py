@@ -570,8 +570,9 @@ def render(result: dict) -> str:
            "## Measured: 1 and 2 ranks", "",
            "Step = make_step's gradient step (no optimizer update); time = barrier to the last rank's end; "
            "speed-up = P=1 min / P=2 min; efficiency = speed-up / 2; bytes = `comm.bytes_sent` per step of the rank "
-           "that sent most (an Allgather counts the rank's own part, an Allreduce its whole buffer; activity tangents: "
-           "its k/P·B directional derivatives + its B/P rows of the B·n estimate); T(B)/T(B/2): 1-rank step on "
+           "that sent most (an Allgather counts the rank's own part, an Allreduce its whole buffer, an Alltoallv what "
+           "goes to other ranks; activity tangents: its k/P·B directional derivatives + its k/P tangents for the "
+           "other ranks' samples + its B/P rows of the B·n estimate); T(B)/T(B/2): 1-rank step on "
            "the whole over half the batch, the most a 2-rank data split gains with free communication. On one rank "
            "every split is the same step.", "",
            scaling_table(rows), ""]
@@ -587,15 +588,13 @@ def render(result: dict) -> str:
             f"T(P) = s·f(P) + r + comm(P) (bench/scaling_model.py): s and r split the 1-rank time T1 using the "
             f"2-rank time T2 less its time in collectives, divided by the independent-work slowdown; f(P) = "
             f"ceil(k/P)/k (tangents) or ceil(B/P)/B (rows); comm: ring Allreduce 2(P−1)α + 2(P−1)/P·n/β, "
-            f"Allgather (P−1)α + (P−1)/P·n/β, summed over the step's collectives (activity tangents: Allgather "
-            f"of k·B and Allgather of B·n numbers, n the per-sample activation size; weight tangents: "
-            f"Allgather of k; data: Allreduce of |θ| + 1 or k + 1); networks {nets}. n/a: infeasible (tangents "
-            f"need k >= P, data B/P >= 1). Per-step times only: backprop and forward gradients need different "
-            f"numbers of steps. Activity tangents: the aggregation (the rank's B/P samples) shrinks as f(P) and "
-            f"is extrapolated exactly; the tangent draws (its own k/P tangents for all B samples, the others' for "
-            f"its B/P) shrink as x(P) = (k_r·B + (k − k_r)·B_r)/(k·B), about 2/P, but the quarter of them two "
-            f"ranks do not save lands in r, so the model charges (1 + f(P))/2 of them (both listed per model): "
-            f"pessimistic beyond P = 2.", ""]
+            f"Allgather (P−1)α + (P−1)/P·n/β, Alltoallv (P−1)α + (P−1)/P²·n/β, summed over the step's collectives "
+            f"(activity tangents: Allgather of k·B, Alltoallv of the k·B·n tangents (each rank sends the others its "
+            f"tangents for their samples) and Allgather of B·n numbers, n the per-sample activation size; weight "
+            f"tangents: Allgather of k; data: Allreduce of |θ| + 1 or k + 1); networks {nets}. n/a: infeasible "
+            f"(tangents need k >= P, data B/P >= 1). Per-step times only: backprop and forward gradients need "
+            f"different numbers of steps. Activity tangents: a rank draws only its own k/P tangents and "
+            f"aggregates only its B/P samples, so both shrink as f(P) and are extrapolated exactly.", ""]
     for mr in result["model"]:
         inp, res = mr["inputs"], mr["results"]
         out += [f"### {inp['model']}, k = {inp['k']} (|θ| = {inp['n_params']:,})", ""]
@@ -603,15 +602,10 @@ def render(result: dict) -> str:
         if sizes and "activity tangents" in inp["splits"]:
             k, B = inp["k"], inp["batch"]
             Ps = [P for P in M.P_VALUES if 2 <= P <= k]
-            x2, f2 = M.draw_share(2, k, B), M.work_fraction("activity tangents", 2, k, B)
-            draws = ", ".join(f"{M.draw_share(P, k, B):.2f}" for P in Ps)
-            charged = ", ".join(f"{M.extrapolated_share(x2, f2, M.work_fraction('activity tangents', P, k, B)):.2f}"
-                                for P in Ps)
             sent = ", ".join(_bytes(M.payload_bytes("activity tangents", P, inp["n_params"], k, B, sizes=sizes))
                              for P in Ps)
             out += [f"Activity tangents: n = {sum(sizes):,} per sample ({' + '.join(map(str, sizes))}); at P = "
-                    f"{', '.join(map(str, Ps))} the largest rank draws {draws} of the one-rank tangent draws (the "
-                    f"model charges {charged}) and sends {sent} bytes per step.", ""]
+                    f"{', '.join(map(str, Ps))} the largest rank sends {sent} bytes per step.", ""]
         out += [split_table(inp), ""]
         strategies = [d["strategy"] for d in inp["detail"]]
         for net in res["grid"]:

@@ -4,16 +4,16 @@ Strategies (:data:`STRATEGIES`, gradient + how the step is split over the ranks)
 
 * ``activity tangents`` (one of dualtensor's own aggregators — projection here, as bench/scaling.py
   runs it —, i.i.d. per-sample tangents: dualtensor's "split the samples" path,
-  ``dualtensor.fgrad.activity._rows_estimate``): each rank draws its own k_r tangents
-  (``split_range(k, P, r)``) for all B samples and carries them through its forward pass; (1) an
-  Allgather of the directional derivatives (k×B numbers in all, k_r×B from each rank); each rank then
-  draws the other ranks' k − k_r tangents for its own B_r = ``split_range(B, P, r)`` samples only
-  (the keyed stream gives any rows), aggregates those B_r samples with all k tangents, and (2) an
-  Allgather of the (B, n) estimate (n = Σ sizes, the per-sample activation size; B_r×n from each
-  rank) gives every rank the whole estimate; every rank then runs the block-local VJPs on it. No
-  Allreduce, whatever k and n. (User aggregators, structured samplers and shared tangents take
-  dualtensor's other path, regenerating every tangent on every rank, with only the first Allgather:
-  not modelled here.)
+  ``dualtensor.fgrad.activity._rows_estimate``, with its default ``other_tangents="exchange"``): each
+  rank draws its own k_r tangents (``split_range(k, P, r)``) for all B samples and carries them
+  through its forward pass; (1) an Allgather of the directional derivatives (k×B numbers in all,
+  k_r×B from each rank); (2) an Alltoallv in which each rank sends every other rank its k_r tangents
+  for that rank's B_s = ``split_range(B, P, s)`` samples (k_r·(B − B_r)·n numbers sent by rank r,
+  n = Σ sizes the per-sample activation size); each rank aggregates its B_r samples with all k
+  tangents, and (3) an Allgather of the (B, n) estimate (B_r×n from each rank) gives every rank the
+  whole estimate; every rank then runs the block-local VJPs on it. No Allreduce, whatever k and n.
+  (``other_tangents="draw"``, user aggregators, structured samplers and shared tangents draw tangents
+  again instead of receiving them: not modelled here.)
 * ``weight tangents``: each rank carries ceil(k/P) of the k tangents through its forward pass, the
   ranks Allgather the k directional derivatives, every rank regenerates all tangents and aggregates.
 * ``activity data``: each rank runs all k tangents on ceil(B/P) rows, then one Allreduce of the
@@ -29,21 +29,9 @@ Per-step time ``T(P) = s · f(P) + r + comm(P)``:
   overhead; weight tangents: the primal pass, the regeneration and the aggregation; data-parallel:
   the draw of the global weight tangents, the (k, |θ|) aggregation, Python overhead). ``f(P)`` is the
   largest rank's share: ceil(k/P)/k of the tangents, ceil(B/P)/B of the rows.
-* Assumption (activity tangents): the tangent draws and the aggregation are not given an f(P) of
-  their own; like the rest of the step they are split into ``s`` and ``r`` by what the 2-rank step
-  saved (the split is linear, so each part is apportioned by its own 2-rank share). On the largest
-  rank (rank 0: the most tangents and the most rows), relative to one rank:
-  - aggregation ∝ B_r (all k tangents, its B_r samples): share ceil(B/P)/B, = f(P) where P divides
-    k and B, so extrapolated exactly (small-GEMM inefficiency on few rows aside);
-  - draws: its own tangents ∝ k_r·B·n plus the other ranks' for its samples ∝ (k − k_r)·B_r·n (none
-    on one rank): share x(P) = (k_r·B + (k − k_r)·B_r)/(k·B) (:func:`draw_share`, about 2/P: 3/4 at
-    P = 2, then 0.44, 0.23, 0.12 at P = 4, 8, 16 for k = 16, B = 64). The quarter two ranks do not
-    save lands in ``r``, so the model charges f(P) + (1 − f(P))·(x(2) − f(2))/(1 − f(2)) = (1 + f(P))/2
-    (:func:`extrapolated_share`: 0.625, 0.56, 0.53 at P = 4, 8, 16): pessimistic beyond P = 2 by
-    0.19, 0.33, 0.41 × the one-rank draws. The MLP's one-rank draws at k = 16 are about 8 ms
-    (bench/results/tangent_split_cost.md: 3.97 ms for 8 of the 16 tangents, on two busy ranks), so
-    its modelled tangent split is up to ~3 ms too slow at P = 16; the CNN draws ~39× as many numbers
-    (n = 79,434 against 2,058), correspondingly more.
+* Activity tangents: each rank draws only its own k_r tangents (for all B samples) and aggregates only
+  its B_r samples, so both shrink as f(P) where P divides k and B and are extrapolated exactly
+  (small-GEMM inefficiency on few rows aside).
 * Split (:func:`split_compute`), from the 1-rank step time T1, the 2-rank step time T2, the time the
   2-rank step spent inside collectives c2, and the slowdown σ of independent work when two ranks
   share the machine (σ = 2-rank / 1-rank time of a step without communication, at least 1):
@@ -53,14 +41,17 @@ Per-step time ``T(P) = s · f(P) + r + comm(P)``:
   in ``r``: the model extrapolates what was measured, it does not assume perfect scaling.
 * ``comm(P)``: the sum over the step's collectives (:func:`collectives`) of standard costs with
   latency α and bandwidth β (bytes/s) for n bytes: ring Allreduce ``2(P−1)α + 2(P−1)/P · n/β``;
-  Allgather of n bytes in all ``(P−1)α + (P−1)/P · n/β``. Zero for P = 1. Activity tangents: the
-  Allgather of k·B numbers and the Allgather of B·n numbers, both growing towards their full size
-  with P (the estimate's is activation-sized every step, whatever P).
+  Allgather of n bytes in all ``(P−1)α + (P−1)/P · n/β``; Alltoallv of an n-byte array of which each
+  rank keeps 1/P² and sends (P−1)/P² (pairwise exchanges) ``(P−1)α + (P−1)/P² · n/β``. Zero for P = 1.
+  Activity tangents: the Allgather of k·B numbers, the Alltoallv of the k·B·n tangents and the
+  Allgather of B·n numbers (the estimate's is activation-sized every step, whatever P; the tangents'
+  part per rank shrinks as 1/P).
 
 Bytes per rank (:func:`payload_bytes`, :func:`rank_payload_bytes`) follow ``Communicator.bytes_sent``:
-an Allgather counts the rank's own part, an Allreduce the whole buffer. For activity tangents rank r
-sends (k_r·B + B_r·n)·itemsize, with k_r its tangent share and B_r its row share
-(``dualtensor.distributed.split_range``); the report gives the largest rank's figure.
+an Allgather counts the rank's own part, an Allreduce the whole buffer, an Alltoallv what goes to
+other ranks. For activity tangents rank r sends (k_r·B + k_r·(B − B_r)·n + B_r·n)·itemsize, with k_r
+its tangent share and B_r its row share (``dualtensor.distributed.split_range``); the report gives the
+largest rank's figure.
 
 Feasibility: data-parallel needs at least one row per rank (P ≤ B), tangent-parallel at least one
 tangent per rank (P ≤ k); :func:`step_time` returns None for an infeasible cell.
@@ -113,12 +104,28 @@ def allreduce_time(n_bytes: float, P: int, net: Network) -> float:
     return 2 * (P - 1) * net.alpha + 2 * (P - 1) / P * n_bytes / net.beta
 
 
+def alltoall_time(n_bytes: float, P: int, net: Network) -> float:
+    """Alltoallv of an ``n_bytes`` array split evenly in P × P blocks, block (r, s) sent from rank r to
+    rank s, on ``P`` ranks: each rank sends its P − 1 off-diagonal blocks, (P−1)α + (P−1)/P² · n/β
+    (0 for P = 1)."""
+    if P <= 1:
+        return 0.0
+    return (P - 1) * net.alpha + (P - 1) / P ** 2 * n_bytes / net.beta
+
+
 def allgather_time(n_bytes: float, P: int, net: Network) -> float:
     """Allgather of ``n_bytes`` in all (each rank contributes n/P) on ``P`` ranks:
     (P−1)α + (P−1)/P · n/β (0 for P = 1)."""
     if P <= 1:
         return 0.0
     return (P - 1) * net.alpha + (P - 1) / P * n_bytes / net.beta
+
+
+_TIME = {"allreduce": allreduce_time, "allgather": allgather_time, "alltoall": alltoall_time}
+# (latency hops, share of the bytes each rank moves) of each kind, the terms of _TIME
+_TERMS = {"allreduce": (lambda P: 2 * (P - 1), lambda P: 2 * (P - 1) / P),
+          "allgather": (lambda P: P - 1, lambda P: (P - 1) / P),
+          "alltoall": (lambda P: P - 1, lambda P: (P - 1) / P ** 2)}
 
 
 def _parts(strategy: str) -> tuple[str, str]:
@@ -150,8 +157,9 @@ def _activation_size(strategy: str, sizes: Sequence[int] | None) -> int:
 def collectives(strategy: str, n_params: int, k: int, batch: int, itemsize: int = 4,
                 sizes: Sequence[int] | None = None) -> list[tuple[str, int]]:
     """The step's collectives and their sizes in bytes (all ranks' parts together for an Allgather).
-    Activity tangents (``sizes``: the per-block activation sizes, n = Σ sizes): ("allgather", k·B)
-    and ("allgather", B·n) numbers (the directional derivatives, the estimate); weight tangents:
+    Activity tangents (``sizes``: the per-block activation sizes, n = Σ sizes): ("allgather", k·B),
+    ("alltoall", k·B·n) and ("allgather", B·n) numbers (the directional derivatives, the tangents
+    each rank sends the others for their samples, the estimate); weight tangents:
     ("allgather", k); data-parallel: ("allreduce", |θ| + 1 or k + 1 numbers, the gradient or the
     directional derivatives plus the loss)."""
     grad, mode = _parts(strategy)
@@ -159,7 +167,8 @@ def collectives(strategy: str, n_params: int, k: int, batch: int, itemsize: int 
         if grad == "weight":
             return [("allgather", itemsize * k)]
         n = _activation_size(strategy, sizes)
-        return [("allgather", itemsize * k * batch), ("allgather", itemsize * batch * n)]
+        return [("allgather", itemsize * k * batch), ("alltoall", itemsize * k * batch * n),
+                ("allgather", itemsize * batch * n)]
     return [("allreduce", itemsize * ((k if grad == "weight" else n_params) + 1))]
 
 
@@ -167,7 +176,8 @@ def rank_payload_bytes(strategy: str, P: int, n_params: int, k: int, batch: int,
                        sizes: Sequence[int] | None = None) -> list[int]:
     """Bytes each of the ``P`` ranks hands to collectives per step, as ``Communicator.bytes_sent``
     counts them (an Allgather: the rank's own part; an Allreduce: its whole buffer); [0] for P = 1.
-    Activity tangents, rank r: (k_r·B + B_r·n)·itemsize (k_r: its tangents, B_r: its rows of the estimate)."""
+    Activity tangents, rank r: (k_r·B + k_r·(B − B_r)·n + B_r·n)·itemsize (k_r: its tangents, B_r: its
+    rows of the estimate)."""
     if P <= 1:
         return [0]
     from dualtensor.distributed import split_range
@@ -180,25 +190,7 @@ def rank_payload_bytes(strategy: str, P: int, n_params: int, k: int, batch: int,
         return [itemsize * kr for kr in k_r]
     n = _activation_size(strategy, sizes)
     B_r = [hi - lo for lo, hi in (split_range(batch, P, r) for r in range(P))]
-    return [itemsize * (kr * batch + br * n) for kr, br in zip(k_r, B_r)]
-
-
-def draw_share(P: int, k: int, batch: int) -> float:
-    """Activity tangents: the largest rank's tangent draws on ``P`` ranks over one rank's k·B·n:
-    (k_r·B + (k − k_r)·B_r)/(k·B), its own k_r tangents for all B samples plus the other ranks' for its
-    B_r samples (rank 0, which has the most of both; 1 for P = 1)."""
-    from dualtensor.distributed import split_range
-
-    k_r, B_r = (hi - lo for lo, hi in (split_range(k, P, 0), split_range(batch, P, 0)))
-    return (k_r * batch + (k - k_r) * B_r) / (k * batch)
-
-
-def extrapolated_share(x2: float, f2: float, fP: float) -> float:
-    """What T(P) = s·f(P) + r charges at P, as a share of its one-rank cost, for a part of the work
-    whose true share on 2 ranks is ``x2`` (``f2``, ``fP``: f(2), f(P)): the split puts
-    (x2 − f2)/(1 − f2) of it in r, the rest in s, so f(P) + (1 − f(P))·(x2 − f2)/(1 − f2). Exact for a
-    part that scales as f; for the activity draws (x2 = 3/4, f2 = 1/2) it is (1 + f(P))/2."""
-    return fP + (1 - fP) * (x2 - f2) / (1 - f2)
+    return [itemsize * (kr * batch + kr * (batch - br) * n + br * n) for kr, br in zip(k_r, B_r)]
 
 
 def payload_bytes(strategy: str, P: int, n_params: int, k: int, batch: int, itemsize: int = 4,
@@ -210,8 +202,7 @@ def payload_bytes(strategy: str, P: int, n_params: int, k: int, batch: int, item
 def comm_time(strategy: str, P: int, n_params: int, k: int, batch: int, net: Network, itemsize: int = 4,
               sizes: Sequence[int] | None = None) -> float:
     """Seconds of communication per step on ``P`` ranks (:func:`collectives`, α–β costs, summed)."""
-    return sum((allgather_time if kind == "allgather" else allreduce_time)(n, P, net)
-               for kind, n in collectives(strategy, n_params, k, batch, itemsize, sizes))
+    return sum(_TIME[kind](n, P, net) for kind, n in collectives(strategy, n_params, k, batch, itemsize, sizes))
 
 
 def comm_terms(strategy: str, P: int, n_params: int, k: int, batch: int, alpha: float,
@@ -221,8 +212,8 @@ def comm_terms(strategy: str, P: int, n_params: int, k: int, batch: int, alpha: 
         return 0.0, 0.0
     lat = nb = 0.0
     for kind, n in collectives(strategy, n_params, k, batch, itemsize, sizes):
-        hops = 1 if kind == "allgather" else 2
-        lat, nb = lat + hops * (P - 1) * alpha, nb + hops * (P - 1) / P * n
+        hops, share = _TERMS[kind]
+        lat, nb = lat + hops(P) * alpha, nb + share(P) * n
     return lat, nb
 
 

@@ -12,11 +12,14 @@ of a sample to aggregate it (the per-sample k×k Gram matrix). Two ways:
   from the keyed stream (k - k/P tangents on all n coordinates) and aggregate locally; nothing moves
   but the k×B directional derivatives.
 * **split the samples** (dualtensor's way for its own aggregators, chosen by this measurement):
-  each rank draws the other tangents for its B/P samples only ((k - k/P) · B/P · n numbers: the keyed
-  stream gives any rows), aggregates those samples, and one Allgather of the B·n estimate gives
-  every rank the whole estimate for its block VJPs.
+  each rank aggregates its B/P samples only, and one Allgather of the B·n estimate gives every rank
+  the whole estimate for its block VJPs. The other ranks' tangents for its samples ((k - k/P) · B/P · n
+  numbers) it either draws itself (``other_tangents="draw"``: the keyed stream gives any rows) or
+  receives from the ranks that drew them (``"exchange"``, the default: one Alltoallv).
 
-The script times each piece (min of repeats, both ranks busy at once) and prints both totals.
+The script times each piece (min of repeats, both ranks busy at once) and prints both totals, then
+the whole activity-perturbation step (``activity_gradient`` on the MLP, keyed tangents) with the
+other ranks' tangents exchanged and drawn, interleaved.
 """
 from __future__ import annotations
 
@@ -33,6 +36,9 @@ from _timing import limit_threads  # noqa: E402
 limit_threads(1)
 
 from dualtensor import distributed  # noqa: E402
+from dualtensor import nn  # noqa: E402
+from dualtensor.allocator import heap_arrays  # noqa: E402
+from dualtensor.fgrad import activity_gradient  # noqa: E402
 from dualtensor.files import atomic_write_text  # noqa: E402
 from dualtensor.fgrad import get_aggregator  # noqa: E402
 from dualtensor.fgrad.streams import KeyedTangents  # noqa: E402
@@ -52,11 +58,32 @@ def best(fn, comm, repeats: int) -> float:
     return 1e3 * float(comm.allreduce(np.array([min(times)]))[0]) / comm.size  # mean over ranks
 
 
+def step_times(comm, repeats: int) -> dict:
+    """Min time (ms, mean over the ranks) of the MLP's tangent-parallel activity step with each ``other_tangents``,
+    the two interleaved."""
+    nn.init.manual_seed(0)
+    model = nn.models.mlp(784, width=1024, depth=2, classes=10)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((B, 784)).astype(np.float32), rng.integers(0, 10, B)
+    loss = lambda logits, target: nn.functional.cross_entropy(logits, target, reduction="none")  # noqa: E731
+    times: dict = {"exchange": [], "draw": []}
+    for step in range(repeats + 1):
+        for other in times:
+            comm.barrier()
+            t = time.perf_counter()
+            activity_gradient(model, loss, x, y, k=K, rng=KeyedTangents(0, step), comm=comm, other_tangents=other)
+            comm.barrier()
+            if step:  # the first is a warm-up
+                times[other].append(time.perf_counter() - t)
+    return {o: 1e3 * float(comm.allreduce(np.array([min(t)]))[0]) / comm.size for o, t in times.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "tangent_split_cost.md"))
     args = p.parse_args()
+    heap_arrays()  # as training's --heap-arrays and bench/scaling.py
     comm = distributed.init(require=True)
     P, n = comm.size, sum(SIZES)
     if P != 2:
@@ -91,6 +118,7 @@ def main() -> None:
         "split: projection of this rank's B/P samples": best(lambda: agg(dr, Vr), comm, args.repeats),
         "split: Allgather of the B·n estimate (float32)": best(lambda: comm.allgather(est), comm, args.repeats),
     }
+    steps = step_times(comm, args.repeats)
     regen = sum(v for k, v in rows.items() if k.startswith("regenerate"))
     split = sum(v for k, v in rows.items() if k.startswith("split"))
     if comm.is_root:
@@ -102,7 +130,11 @@ def main() -> None:
         lines += [f"| {k} | {v:.2f} |" for k, v in rows.items()]
         lines += ["", f"regenerate: {regen:.2f} ms per step, {K * B * 4} bytes gathered (the k×B directional "
                   f"derivatives); split: {split:.2f} ms per step, plus {B * n * 4} bytes gathered (the estimate: "
-                  "activation-sized traffic every step)."]
+                  "activation-sized traffic every step).", "",
+                  f"The whole step (MLP at batch {B}, `activity_gradient(..., comm=comm)`, keyed tangents, min of "
+                  f"{args.repeats} interleaved pairs, ms): "
+                  + ", ".join(f"other_tangents={o!r} {t:.2f}" for o, t in steps.items())
+                  + f"; the exchange sends {(hi - lo) * (B - (end - first)) * n * 4} bytes a rank."]
         text = "\n".join(lines) + "\n"
         atomic_write_text(args.out, text)
         print(text)

@@ -172,6 +172,9 @@ def add_train_arguments(p: argparse.ArgumentParser, sweep: bool = False) -> None
                        "writes the run folder")
     g.add_argument("--check-every", type=_int, metavar="N",
                    help=f"compare the ranks' parameters every N steps, 0: never (default: {d.check_every})")
+    choice("other_tangents", "--parallel tangents, activity perturbation: a rank gets the other ranks' tangents for "
+                             "its samples' aggregation by one exchange (Alltoallv) or draws them again from the keyed "
+                             "stream (no tangent moves); the same numbers either way")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,9 +10,10 @@ passed to MPI directly.
 Tangent parallelism (``split="tangents"`` in :func:`~dualtensor.fgrad.forward_gradient` and
 :func:`~dualtensor.fgrad.activity_gradient`): each rank carries its share of the k tangents
 through its own forward pass (the primal is recomputed on every rank), the directional
-derivatives are gathered, and every rank computes the same estimate from tangents it draws
-itself from the step's keyed stream (:class:`~dualtensor.fgrad.streams.KeyedTangents`). Data
-parallelism (``split="data"``): each rank takes its shard of the batch, one Allreduce sums.
+derivatives are gathered, and every rank computes the same estimate from the step's keyed tangents
+(:class:`~dualtensor.fgrad.streams.KeyedTangents`: it draws the ones it lacks, or with activity
+perturbation's sample split receives them from the ranks that drew them). Data parallelism
+(``split="data"``): each rank takes its shard of the batch, one Allreduce sums.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import sys
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -112,9 +113,15 @@ class Communicator:
         buffer (the arrays' common dtype); each result keeps its array's shape and dtype."""
         xp = get_xp(*arrays)
         dtype = np.result_type(*[a.dtype for a in arrays])
-        flat = xp.concatenate([xp.reshape(a, (-1,)).astype(dtype, copy=False) for a in arrays])
-        if scale != 1.0:
-            flat *= dtype.type(scale)
+        flat = xp.empty(sum(a.size for a in arrays), dtype=dtype)
+        off = 0
+        for a in arrays:  # copied and scaled in one pass
+            view = flat[off:off + a.size].reshape(a.shape)
+            if scale != 1.0:
+                xp.multiply(a, dtype.type(scale), out=view)
+            else:
+                view[...] = a
+            off += a.size
         flat = self.allreduce_inplace(flat)
         out, off = [], 0
         for a in arrays:
@@ -130,6 +137,14 @@ class Communicator:
     def bcast(self, x: Any, root: int = 0) -> Any:
         """Rank ``root``'s array ``x`` on every rank (the others pass an array of the same shape and
         dtype to receive into)."""
+        raise NotImplementedError
+
+    def alltoallv(self, send: Any, send_parts: Sequence[tuple[int, int]], out: Any,
+                  out_parts: Sequence[tuple[int, int]]) -> Any:
+        """A personalised exchange of flat (1-d) buffers of one dtype: ``send[o:o + n]`` for
+        ``(o, n) = send_parts[r]`` goes to rank r, and what rank r sends this one lands in
+        ``out[o:o + n]`` for ``(o, n) = out_parts[r]`` (each pair of ranks must agree on n; the rest
+        of ``out`` is left as it is). Returns ``out``."""
         raise NotImplementedError
 
     def barrier(self) -> None:
@@ -152,6 +167,14 @@ class Serial(Communicator):
 
     def bcast(self, x: Any, root: int = 0) -> Any:
         return x
+
+    def alltoallv(self, send: Any, send_parts: Sequence[tuple[int, int]], out: Any,
+                  out_parts: Sequence[tuple[int, int]]) -> Any:
+        (o, n), (p, m) = send_parts[0], out_parts[0]
+        if n != m:
+            raise ValueError(f"alltoallv: this rank sends itself {n} items but expects {m}")
+        out[p:p + m] = send[o:o + n]
+        return out
 
     def __repr__(self) -> str:
         return "Serial()"
@@ -241,6 +264,24 @@ class MPICommunicator(Communicator):
         if self.rank == root:
             self.bytes_sent += buf.nbytes
         return self._back(buf, x, staged)
+
+    def alltoallv(self, send: Any, send_parts: Sequence[tuple[int, int]], out: Any,
+                  out_parts: Sequence[tuple[int, int]]) -> Any:
+        buf, staged = self._staged(send)
+        recv = np.empty(out.shape, dtype=out.dtype) if staged else out
+        if not staged and not (getattr(recv, "flags", None) is not None and recv.flags.c_contiguous):
+            raise ValueError("alltoallv: out must be a contiguous 1-d buffer")
+        self._sync(buf)
+        self._sync(recv)
+        kind = self.MPI.Datatype.fromcode(buf.dtype.char)
+        self.comm.Alltoallv([buf, [n for _, n in send_parts], [o for o, _ in send_parts], kind],
+                            [recv, [n for _, n in out_parts], [o for o, _ in out_parts], kind])
+        self.bytes_sent += buf.itemsize * sum(n for r, (_, n) in enumerate(send_parts) if r != self.rank)
+        if staged:  # only the received parts go back to the device
+            xp = get_xp(out)
+            for o, n in out_parts:
+                out[o:o + n] = xp.asarray(recv[o:o + n])
+        return out
 
     def barrier(self) -> None:
         self.comm.Barrier()

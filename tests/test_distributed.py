@@ -157,3 +157,10 @@ def test_the_training_config_checks_what_a_split_needs():
         base.replace(ranks=2).validate()
     with pytest.raises(ConfigError, match="invalid choice 'rows'"):
         base.replace(parallel="rows").validate()
+    with pytest.raises(ConfigError, match="--other-tangents draw applies to --parallel tangents with activity"):
+        base.replace(parallel="data", other_tangents="draw", ranks=2).validate()
+    with pytest.raises(ConfigError, match="--other-tangents draw applies"):
+        base.replace(parallel="tangents", perturb="weight", other_tangents="draw", ranks=2).validate()
+    with pytest.raises(ConfigError, match="invalid choice 'send'"):
+        base.replace(other_tangents="send").validate()
+    base.replace(parallel="tangents", other_tangents="draw", ranks=2).validate()  # what it is for

@@ -55,6 +55,7 @@ def test_split_estimators_equal_one_process_ones(ranks):
 @pytest.mark.parametrize("mode, extra", [
     ("tangents", ["--k", "4"]),
     ("tangents", ["--k", "3", "--aggregate", "mean", "--lr", "0.1"]),  # 3 tangents over 2 ranks: an uneven split
+    ("tangents --other-tangents draw", ["--k", "4"]),  # the other ranks' tangents drawn again, not sent
     ("tangents", ["--k", "4", "--perturb", "weight", "--lr", "0.5", "--tangents", "orthonormal"]),
     ("data", ["--k", "4"]),
     ("data", ["--k", "4", "--perturb", "weight", "--lr", "0.5"]),
@@ -63,7 +64,7 @@ def test_split_estimators_equal_one_process_ones(ranks):
 ])
 def test_a_two_rank_run_equals_the_one_process_run(tmp_path, mode, extra):
     one, out1 = train(tmp_path, "one", 0, *extra)
-    two, out2 = train(tmp_path, "two", 2, *extra, "--parallel", mode)
+    two, out2 = train(tmp_path, "two", 2, *extra, "--parallel", *mode.split())
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr
     (c1, s1), (c2, s2) = curves(out1), curves(out2)
@@ -73,7 +74,7 @@ def test_a_two_rank_run_equals_the_one_process_run(tmp_path, mode, extra):
     assert s2["test_loss"] == pytest.approx(s1["test_loss"], rel=1e-5)
     assert two.stdout.count("test accuracy") == 1 and two.stderr == ""  # rank 0 alone prints
     config = json.loads((out2 / "config.json").read_text())
-    assert config["parallel"] == mode and config["ranks"] == 2
+    assert config["parallel"] == mode.split()[0] and config["ranks"] == 2
     w1, w2 = load_checkpoint(out1 / "last.npz"), load_checkpoint(out2 / "last.npz")
     for name, value in w1.model_state.items():
         np.testing.assert_allclose(w2.model_state[name], value, rtol=1e-4, atol=1e-6)

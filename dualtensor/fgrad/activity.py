@@ -37,10 +37,12 @@ if TYPE_CHECKING:
     from ..distributed import Communicator
 
 __all__ = ["ActivityResult", "activity_gradient", "exact_activation_gradients", "activation_sizes",
-           "activity_tangents", "draws_per_block", "ESTIMATORS", "BatchNormCouplingWarning"]
+           "activity_tangents", "draws_per_block", "ESTIMATORS", "OTHER_TANGENTS", "BatchNormCouplingWarning"]
 
 #: activity perturbation's estimators (see :func:`activity_gradient`)
 ESTIMATORS = ("per-sample", "batch")
+#: how a tangent-parallel rank gets the other ranks' tangents for its samples (see :func:`activity_gradient`)
+OTHER_TANGENTS = ("exchange", "draw")
 
 
 class BatchNormCouplingWarning(UserWarning):
@@ -180,7 +182,8 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
                       shared: bool = False, scale: bool = False, simulated: bool = False, keep: str = "tape",
                       blocks: Sequence[Any] | None = None, tangents: Any = None,
                       return_estimate: bool = False, comm: Communicator | None = None,
-                      split: str = "tangents", estimator: str = "per-sample") -> ActivityResult:
+                      split: str = "tangents", estimator: str = "per-sample",
+                      other_tangents: str = "exchange") -> ActivityResult:
     """Activity-perturbed forward gradient of ``mean_b loss_fn(model(x), y)[b]`` w.r.t. the parameters.
 
     ``loss_fn(logits, y)`` must return per-sample losses of shape (B,) (e.g.
@@ -201,9 +204,11 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
     communicator of P ranks, a keyed ``rng`` or a seed, the same arguments on every rank):
     ``split="tangents"``: each rank carries its share of the k tangents through the forward pass,
     the (k, B) directional derivatives are gathered and every rank gets the same estimate (with
-    the library's aggregators and i.i.d. per-sample tangents each rank aggregates its B/P samples,
-    drawing the other ranks' tangents for those rows only, and one Allgather joins the (B, n)
-    estimate; otherwise every rank draws all k tangents and aggregates them all);
+    the library's aggregators and i.i.d. per-sample tangents each rank aggregates its B/P samples
+    and one Allgather joins the (B, n) estimate; it gets the other ranks' tangents for those rows by
+    one Alltoallv from the ranks that drew them (``other_tangents="exchange"``, the default) or draws
+    them itself from the keyed stream (``"draw"``: no tangent moves, more work; the same numbers
+    either way); otherwise every rank draws all k tangents and aggregates them all);
     ``split="data"``: ``x``, ``y`` are this rank's shard of the batch (the tangents are those of
     its rows of the global batch), and the loss and gradients are summed over the ranks weighted
     by shard size (one Allreduce), so every rank gets the gradient of the global batch mean
@@ -224,13 +229,16 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"activity_gradient: estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+    if other_tangents not in OTHER_TANGENTS:
+        raise ValueError(f"activity_gradient: other_tangents must be one of {', '.join(OTHER_TANGENTS)}, "
+                         f"got {other_tangents!r}")
     if estimator == "batch":
         if tangents is not None and tangents.shape[1] != 1 and bool(get_xp(tangents).any(tangents != tangents[:, :1])):
             raise ValueError("activity_gradient: estimator='batch' shares each tangent across the batch; the "
                              "supplied tangents differ between samples")
         shared = True
     res, weight = _estimate(model, loss_fn, x, y, k, sampler, aggregate, rng, shared, scale, simulated, keep, blocks,
-                            tangents, return_estimate, comm, split, estimator)
+                            tangents, return_estimate, comm, split, estimator, other_tangents)
     if split == "data" and comm is not None and comm.size > 1:  # after the step's temporaries are gone
         from ..distributed import allreduce_grads
 
@@ -240,7 +248,8 @@ def activity_gradient(model: Any, loss_fn: Callable, x: Any, y: Any, *, k: int |
 
 def _estimate(model: Any, loss_fn: Callable, x: Any, y: Any, k: int | None, sampler: Any, aggregate: Any, rng: Any,
               shared: bool, scale: bool, simulated: bool, keep: str, blocks: Sequence[Any] | None, tangents: Any,
-              return_estimate: bool, comm: Any, split: str, estimator: str) -> tuple[ActivityResult, float]:
+              return_estimate: bool, comm: Any, split: str, estimator: str,
+              other_tangents: str) -> tuple[ActivityResult, float]:
     """This rank's estimate and its weight in the sum over the ranks (its share of the batch)."""
     if keep not in ("tape", "recompute"):
         raise ValueError(f"activity_gradient: keep must be 'tape' or 'recompute', got {keep!r}")
@@ -329,7 +338,7 @@ def _estimate(model: Any, loss_fn: Callable, x: Any, y: Any, k: int | None, samp
         raise ValueError(f"activity_gradient: loss_fn must return per-sample losses of shape ({B},) "
                          f"(e.g. reduction='none'), got {getattr(per_sample, 'shape', type(per_sample))}")
     loss = (per_sample.value if simulated else per_sample.primal).mean()  # stays on the device
-    if V is None:
+    if V is None and (own is None or simulated):  # (a tangent split uses the blocks' parts as they are)
         V = V_parts[0] if len(V_parts) == 1 else _side_by_side(V_parts, xp)
     est = None
     if simulated:  # exact gradients of the summed per-sample losses w.r.t. every block output:
@@ -350,9 +359,9 @@ def _estimate(model: Any, loss_fn: Callable, x: Any, y: Any, k: int | None, samp
         if own is not None:
             d = comm.allgather(d)  # (k, B): every rank's directional derivatives
             if tangents is None and not shared and is_iid(sampler) and _per_sample(aggregate):  # (not batch)
-                est = _rows_estimate(agg, d, V, sizes, own, rng, sampler, k, comm)
+                est = _rows_estimate(agg, d, V_parts, own, rng, sampler, k, comm, other_tangents)
             if est is None or return_estimate:  # aggregate all k tangents: regenerate the other ranks' ones
-                V = V_all if V_all is not None else _all_tangents(sampler, k, rng, xp, B, shared, own, V, sizes)
+                V = V_all if V_all is not None else _all_tangents(sampler, k, rng, xp, B, shared, own, V_parts)
     first, end, total = rng.row_range if split == "data" and isinstance(rng, KeyedTangents) and rng.row_range \
         else (0, B, B)
     if estimator == "batch":
@@ -421,15 +430,49 @@ def _warn_batch_norm(blocks: Sequence[Any]) -> None:
             return
 
 
-def _rows_estimate(agg: Any, d: Any, V_own: Any, sizes: list, own: tuple[int, int], rng: Any, sampler: Any, k: int,
-                   comm: Any) -> Any:
+def _rows_estimate(agg: Any, d: Any, parts: list, own: tuple[int, int], rng: Any, sampler: Any, k: int,
+                   comm: Any, other_tangents: str) -> Any:
     """The per-sample estimate (B, n) over ``comm`` with the aggregation split by samples: each rank
-    draws the other ranks' tangents for its own rows only (the keyed stream gives any rows), aggregates
-    its B/P samples with all k tangents, and one Allgather of the B·n estimate joins the rows."""
-    xp, B = get_xp(V_own), V_own.shape[1]
+    aggregates its B/P samples with all k tangents (the other ranks' ones for its rows received, or
+    drawn again: the keyed stream gives any rows) and one Allgather of the B·n estimate joins the rows.
+    ``parts``: this rank's tangents ``own``, block by block, (k_r, B, n_i)."""
+    xp, B = get_xp(parts[0]), parts[0].shape[1]
     first, end = comm.split(B)
-    V = _all_tangents(sampler, k, rng.rows(first, end, B), xp, end - first, False, own, V_own[:, first:end], sizes)
+    if other_tangents == "exchange":
+        V = _exchange_rows(parts, own, k, comm)
+    else:
+        V = _all_tangents(sampler, k, rng.rows(first, end, B), xp, end - first, False, own,
+                          [p[:, first:end] for p in parts])
     return comm.allgather(xp.ascontiguousarray(agg(d[:, first:end], V)))
+
+
+def _exchange_rows(parts: list, own: tuple[int, int], k: int, comm: Any) -> Any:
+    """All k tangents (k, B_r, n) of this rank's rows B_r of the batch: its own ones copied from
+    ``parts`` (block by block, (k_r, B, n_i)), every other rank's received from it (one Alltoallv:
+    each rank sends each other rank its tangents for that rank's rows)."""
+    from ..distributed import split_range
+
+    xp, B, dtype = get_xp(parts[0]), parts[0].shape[1], parts[0].dtype
+    P, r, n = comm.size, comm.rank, sum(p.shape[-1] for p in parts)
+    rows = [split_range(B, P, s) for s in range(P)]
+    tangents = [split_range(k, P, s) for s in range(P)]
+    k_r, (first, end) = own[1] - own[0], rows[r]
+    out = xp.empty((k, end - first, n), dtype=dtype)
+    sent = [0 if s == r else k_r * (e - f) * n for s, (f, e) in enumerate(rows)]
+    send = xp.empty(sum(sent), dtype=dtype)
+    offsets = np.cumsum([0, *sent[:-1]]).tolist()
+    # where each rank's rows of this rank's tangents go: its part of the send buffer, or (this rank) out
+    dest = [out[own[0]:own[1]] if s == r else send[o:o + m].reshape(k_r, e - f, n)
+            for s, ((f, e), o, m) in enumerate(zip(rows, offsets, sent))]
+    col = 0
+    for p in parts:
+        for (f, e), target in zip(rows, dest):
+            target[:, :, col:col + p.shape[-1]] = p[:, f:e]
+        col += p.shape[-1]
+    got = [0 if s == r else (hi - lo) * (end - first) * n for s, (lo, hi) in enumerate(tangents)]
+    comm.alltoallv(send, list(zip(offsets, sent)), out.reshape(-1),
+                   [(lo * (end - first) * n, m) for (lo, _), m in zip(tangents, got)])
+    return out
 
 
 def _side_by_side(parts: list, xp: Any) -> Any:
@@ -441,20 +484,22 @@ def _side_by_side(parts: list, xp: Any) -> Any:
     return xp.concatenate(parts, axis=-1)
 
 
-def _all_tangents(sampler: Any, k: int, rng: Any, xp: Any, B: int, shared: bool, own: tuple[int, int], V_own: Any,
-                  sizes: list) -> Any:
-    """All k tangents (k, B, n) around this rank's ``V_own`` (tangents ``own``), the others drawn
-    again (i.i.d. samplers: a structured draw is kept whole where it is made)."""
-    dtype = V_own.dtype
+def _all_tangents(sampler: Any, k: int, rng: Any, xp: Any, B: int, shared: bool, own: tuple[int, int],
+                  own_parts: list) -> Any:
+    """All k tangents (k, B, n) around this rank's tangents ``own`` (``own_parts``: block by block,
+    (k_r, B, n_i)), the others drawn again (i.i.d. samplers: a structured draw is kept whole where it
+    is made)."""
+    dtype = own_parts[0].dtype
     lo, hi = own
     before = _tangent_draw(sampler, k, rng, xp, B, shared, (0, lo))
     after = _tangent_draw(sampler, k, rng, xp, B, shared, (hi, k))
     rows = 1 if shared else B  # shared: one row, broadcast at the end
-    V = xp.empty((k, rows, sum(sizes)), dtype=dtype)
+    V = xp.empty((k, rows, sum(p.shape[-1] for p in own_parts)), dtype=dtype)
     off = 0
-    for i, n_i in enumerate(sizes):
+    for i, part in enumerate(own_parts):
+        n_i = part.shape[-1]
         V[:lo, :, off:off + n_i] = before.part(i, n_i, dtype)[:, :rows]
-        V[lo:hi, :, off:off + n_i] = V_own[:, :rows, off:off + n_i]
+        V[lo:hi, :, off:off + n_i] = part[:, :rows]
         V[hi:, :, off:off + n_i] = after.part(i, n_i, dtype)[:, :rows]
         off += n_i
     return xp.broadcast_to(V, (k, B, V.shape[-1])) if shared else V

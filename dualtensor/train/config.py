@@ -74,12 +74,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dtype": ("float32", "float64"),
     "stem": ("imagenet", "cifar"),
     "parallel": ("none", "tangents", "data"),
+    "other_tangents": tuple(fgrad.activity.OTHER_TANGENTS),
 }
 
 #: options a resumed run may change; every other one must equal the checkpoint's. A new ``lr`` is
 #: recorded as a learning-rate change at the epoch the run resumes from.
 RESUME_MUTABLE = frozenset({"epochs", "early_stopping", "lr", "eval_batch_size", "data_dir", "download",
-                            "mirrors", "device", "threads", "heap_arrays", "plot", "quiet", "check_every"})
+                            "mirrors", "device", "threads", "heap_arrays", "plot", "quiet", "check_every",
+                            "other_tangents"})
 
 # smallest allowed value of integer options (others: no bound)
 _MIN_INT = {"k": 1, "epochs": 1, "batch_size": 1, "eval_batch_size": 1, "width": 1, "depth": 0, "patch_size": 1,
@@ -177,6 +179,7 @@ class TrainConfig:
     parallel: str = "none"
     ranks: int = 1
     check_every: int = 100
+    other_tangents: str = "exchange"
 
     def to_dict(self) -> dict:
         """A JSON-able copy of the fields."""
@@ -318,6 +321,10 @@ class TrainConfig:
         if self.parallel == "data" and not self.drop_last and 0 < last < self.ranks:
             raise ConfigError(f"--parallel data --no-drop-last: the last batch of each epoch has {last} samples, "
                               f"fewer than the {self.ranks} ranks (drop it, or choose another --batch-size or --limit)")
+        if self.other_tangents != "exchange" and not (self.parallel == "tangents" and self.perturb == "activity"
+                                                      and self.grad == "forward"):
+            raise ConfigError(f"--other-tangents {self.other_tangents} applies to --parallel tangents with activity "
+                              "perturbation only")
         if self.parallel == "none" and self.ranks > 1:
             raise ConfigError(f"this job has {self.ranks} MPI ranks but --parallel none: choose --parallel "
                               "tangents or data (or start one process)")

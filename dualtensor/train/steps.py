@@ -117,7 +117,8 @@ def _activity_step(model: Any, config: TrainConfig, sampler: Any, rng: Any, *, s
         res = activity_gradient(model, per_sample_loss, x, y, k=config.k, sampler=sampler,
                                 aggregate=config.aggregate, rng=keys if rows is None else keys.rows(*rows),
                                 shared=config.shared_tangents, simulated=simulated, keep=config.keep, blocks=blocks,
-                                comm=comm, split=split, estimator=config.estimator)
+                                comm=comm, split=split, estimator=config.estimator,
+                                other_tangents=config.other_tangents)
         return StepOutput(primal_of(res.loss), res.grads, primal_of(seen["logits"]))
 
     return step

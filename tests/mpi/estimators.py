@@ -38,10 +38,12 @@ for k in (3, 4):  # 3: an uneven split
                 kw = dict(k=k, rng=keys, sampler=sampler, aggregate=aggregate, shared=shared)
                 one = activity_gradient(model, loss, x, y, **kw)
                 tp = activity_gradient(model, loss, x, y, comm=comm, **kw)
+                drawn = activity_gradient(model, loss, x, y, comm=comm, other_tangents="draw", **kw)
                 dp = activity_gradient(model, loss, x[lo:hi], y[lo:hi], comm=comm, split="data", **kw)
                 tag = f"activity k={k} {sampler} {aggregate} shared={shared}"
                 close(tag + " tangents", one.grads, tp.grads)
                 close(tag + " tangents d", one.d, tp.d)
+                close(tag + " tangents, the others' drawn", tp.grads, drawn.grads, 0.0)  # the same numbers
                 close(tag + " data", one.grads, dp.grads)
                 close(tag + " data loss", one.loss, dp.loss)
                 close(tag + " data d", one.d[:, lo:hi], dp.d)
@@ -78,12 +80,16 @@ activity_gradient(model, loss, x, y, k=4, rng=KeyedTangents(0), comm=comm, sampl
 if comm.bytes_sent - before != mine:
     failures.append(f"activity tangent-parallel (orthonormal) sent {comm.bytes_sent - before} bytes, expected {mine}")
 estimate = (hi - lo) * 37 * 8  # this rank's rows of the (B, n) estimate, n = 16 + 16 + 5
+# exchange: this rank's k/P tangents for the other ranks' rows (all n entries of each)
+exchanged = (comm.split(4)[1] - comm.split(4)[0]) * (11 - (hi - lo)) * 37 * 8
 for aggregate in ("projection", "mean"):  # split by samples: d, then the estimate
-    before = comm.bytes_sent
-    activity_gradient(model, loss, x, y, k=4, rng=KeyedTangents(0), comm=comm, aggregate=aggregate)
-    if comm.bytes_sent - before != mine + estimate:
-        failures.append(f"activity tangent-parallel ({aggregate}) sent {comm.bytes_sent - before} bytes, "
-                        f"expected {mine + estimate}")
+    for other, expected in (("exchange", mine + exchanged + estimate), ("draw", mine + estimate)):
+        before = comm.bytes_sent
+        activity_gradient(model, loss, x, y, k=4, rng=KeyedTangents(0), comm=comm, aggregate=aggregate,
+                          other_tangents=other)
+        if comm.bytes_sent - before != expected:
+            failures.append(f"activity tangent-parallel ({aggregate}, {other}) sent {comm.bytes_sent - before} "
+                            f"bytes, expected {expected}")
 before = comm.bytes_sent
 custom = lambda d, V: dt.fgrad.get_aggregator("mean")(d, V)  # noqa: E731 - a user's: the samples may couple
 activity_gradient(model, loss, x, y, k=4, rng=KeyedTangents(0), comm=comm, aggregate=custom)  # regenerates
@@ -118,6 +124,20 @@ elif dt.backend.to_host(summed).tolist() != (np.arange(3.0) * comm.size + sum(ra
     failures.append(f"CuPy allreduce gave {dt.backend.to_host(summed)}")
 elif dt.backend.to_host(gathered).shape != (comm.size, 3):
     failures.append(f"CuPy allgather gave shape {gathered.shape}")
+
+# alltoallv: rank s sends rank r (s + 1)·(r + 1) copies of 10·s + r; received in rank order after a gap of one
+me, size = comm.rank, comm.size
+counts = [(me + 1) * (r + 1) for r in range(size)]
+send_parts = [(int(sum(counts[:r])), counts[r]) for r in range(size)]
+got = [(s + 1) * (me + 1) for s in range(size)]
+out_parts = [(1 + int(sum(got[:s])), got[s]) for s in range(size)]
+expected = np.concatenate([[-1.0]] + [np.full(g, 10.0 * s + me) for s, g in enumerate(got)])
+for xp in (np, cupy):
+    send = xp.asarray(np.concatenate([np.full(c, 10.0 * me + r) for r, c in enumerate(counts)]))
+    out = xp.asarray(np.full(1 + sum(got), -1.0))
+    back = comm.alltoallv(send, send_parts, out, out_parts)
+    if back is not out or dt.backend.to_host(out).tolist() != expected.tolist():
+        failures.append(f"alltoallv ({xp.__name__}) gave {dt.backend.to_host(out)}, expected {expected}")
 
 print(f"rank {comm.rank}: " + ("ok" if not failures else "; ".join(failures)), flush=True)
 sys.exit(1 if failures else 0)
