@@ -1,5 +1,6 @@
 """README tables from bench/peers.py's JSON files: per model, dualtensor's time, the fastest peer's and
 their ratio (minimum over the repeats) for inference, backprop and the one-pass forward-gradient steps.
+Several files may share a model (e.g. a run at other k): a step an earlier file already gave is taken from it.
 
     python bench/peers_summary.py bench/results/peers-1t-mlp.json bench/results/peers-1t-cnn.json ...
 """
@@ -33,13 +34,21 @@ def cell(r: dict) -> tuple[str, str, str]:
 
 def table(paths: list[Path]) -> str:
     lines = ["| model, step | dualtensor (ms) | fastest peer (ms) | ratio |", "|---|---:|---:|---:|"]
-    for path in paths:
-        rs = rows(path)
-        rs.sort(key=lambda r: (r["model"], ORDER.index(r["kind"] if r["kind"] != "fg" else r["perturb"]),
-                               r["k"] or 0))
-        for r in rs:
-            label = r["kind"] if r["kind"] != "fg" else f"{r['perturb']} k = {r['k']}"
-            lines.append(f"| {r['model']} {label} | " + " | ".join(cell(r)) + " |")
+    # models in the order the files name them; several files may hold rows of one model (other k): a row an
+    # earlier file gave is left out
+    models, seen, rs = [], set(), []
+    for r in (r for path in paths for r in rows(path)):
+        key = (r["model"], r["kind"], r["perturb"], r["k"])
+        if key not in seen:
+            seen.add(key)
+            rs.append(r)
+        if r["model"] not in models:
+            models.append(r["model"])
+    rs.sort(key=lambda r: (models.index(r["model"]), ORDER.index(r["kind"] if r["kind"] != "fg" else r["perturb"]),
+                           r["k"] or 0))
+    for r in rs:
+        label = r["kind"] if r["kind"] != "fg" else f"{r['perturb']} k = {r['k']}"
+        lines.append(f"| {r['model']} {label} | " + " | ".join(cell(r)) + " |")
     return "\n".join(lines)
 
 

@@ -225,3 +225,14 @@ def test_summary_table_takes_the_fastest_peer(tmp_path):
     path.write_text(json.dumps({"runs": runs}))
     lines = peers_summary.table([path]).splitlines()
     assert lines[2:] == ["| mlp inference | 3 | 2 (torch) | 1.50 |", "| mlp activity k = 4 | 10 | 12.5 (jax) | 0.80 |"]
+    # a second file with another k of the same model: its rows join the model's, ordered by step and k
+    more = tmp_path / "q.json"
+    # (the first file's inference row wins)
+    later = [row("inference", dualtensor=9.0, torch=1.0),
+             row("fg", "activity", 16, "projection", dualtensor=30.0, jax=40.0),
+             row("fg", "weight", 16, "projection", dualtensor=5.0, torch=4.0)]
+    more.write_text(json.dumps({"runs": [{"rows": later}]}))
+    lines = peers_summary.table([path, more]).splitlines()
+    assert lines[2:] == ["| mlp inference | 3 | 2 (torch) | 1.50 |", "| mlp weight k = 16 | 5 | 4 (torch) | 1.25 |",
+                         "| mlp activity k = 4 | 10 | 12.5 (jax) | 0.80 |",
+                         "| mlp activity k = 16 | 30 | 40 (jax) | 0.75 |"]
