@@ -10,8 +10,9 @@ projection aggregation, normal keyed tangents (a new step key every step, as in 
 
 * forward gradient, activity or weight perturbation, k in ``--k``, split over the ranks by tangents
   (``parallel="tangents"``: k/P tangents per rank, an Allgather of the directional derivatives;
-  activity (projection) then splits the samples: each rank draws the other ranks' tangents for its
-  B/P samples only, aggregates them, and an Allgather of the (B, n) estimate, n the per-sample
+  activity (projection) then splits the samples: each rank receives the other ranks' tangents for its
+  B/P samples (one Alltoallv, the default ``other_tangents="exchange"``), aggregates those samples, and
+  an Allgather of the (B, n) estimate, n the per-sample
   activation size, gives every rank the whole of it for the block-local VJPs) or by
   data (``parallel="data"``: B/P rows per rank; activity: a |θ| gradient Allreduce; weight: the ranks
   share the keyed global tangents and Allreduce k + 1 numbers);

@@ -3,8 +3,8 @@
 Strategies (:data:`STRATEGIES`, gradient + how the step is split over the ranks):
 
 * ``activity tangents`` (one of dualtensor's own aggregators — projection here, as bench/scaling.py
-  runs it —, i.i.d. per-sample tangents: dualtensor's "split the samples" path,
-  ``dualtensor.fgrad.activity._rows_estimate``, with its default ``other_tangents="exchange"``): each
+  runs it —, i.i.d. per-sample tangents: dualtensor's "split the samples" path of
+  ``activity_gradient(..., comm=comm)`` with its default ``other_tangents="exchange"``): each
   rank draws its own k_r tangents (``split_range(k, P, r)``) for all B samples and carries them
   through its forward pass; (1) an Allgather of the directional derivatives (k×B numbers in all,
   k_r×B from each rank); (2) an Alltoallv in which each rank sends every other rank its k_r tangents

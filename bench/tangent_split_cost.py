@@ -18,8 +18,8 @@ of a sample to aggregate it (the per-sample k×k Gram matrix). Two ways:
   receives from the ranks that drew them (``"exchange"``, the default: one Alltoallv).
 
 The script times each piece (min of repeats, both ranks busy at once) and prints both totals, then
-the whole activity-perturbation step (``activity_gradient`` on the MLP, keyed tangents) with the
-other ranks' tangents exchanged and drawn, interleaved.
+whole activity-perturbation steps (``activity_gradient``, keyed tangents; ``--steps``: the MLP at
+k = 16 and 4, the CNN at k = 16) with the other ranks' tangents exchanged and drawn, interleaved.
 """
 from __future__ import annotations
 
@@ -38,10 +38,10 @@ limit_threads(1)
 from dualtensor import distributed  # noqa: E402
 from dualtensor import nn  # noqa: E402
 from dualtensor.allocator import heap_arrays  # noqa: E402
-from dualtensor.fgrad import activity_gradient  # noqa: E402
+from dualtensor.fgrad import activity_gradient, get_aggregator  # noqa: E402
 from dualtensor.files import atomic_write_text  # noqa: E402
-from dualtensor.fgrad import get_aggregator  # noqa: E402
 from dualtensor.fgrad.streams import KeyedTangents  # noqa: E402
+from runtime_cases import make_case  # noqa: E402
 
 SIZES, B, K = (1024, 1024, 10), 64, 16
 
@@ -58,20 +58,18 @@ def best(fn, comm, repeats: int) -> float:
     return 1e3 * float(comm.allreduce(np.array([min(times)]))[0]) / comm.size  # mean over ranks
 
 
-def step_times(comm, repeats: int) -> dict:
-    """Min time (ms, mean over the ranks) of the MLP's tangent-parallel activity step with each ``other_tangents``,
-    the two interleaved."""
-    nn.init.manual_seed(0)
-    model = nn.models.mlp(784, width=1024, depth=2, classes=10)
-    rng = np.random.default_rng(0)
-    x, y = rng.standard_normal((B, 784)).astype(np.float32), rng.integers(0, 10, B)
+def step_times(comm, model_name: str, k: int, repeats: int) -> dict:
+    """Min time (ms, mean over the ranks) of a model's tangent-parallel activity step (bench/runtime_cases.py's
+    MNIST-shaped batch of 64, keyed tangents) with each ``other_tangents``, the two interleaved."""
+    case = make_case(model_name, "mnist", B, xp=np, dtype=np.float32)
     loss = lambda logits, target: nn.functional.cross_entropy(logits, target, reduction="none")  # noqa: E731
     times: dict = {"exchange": [], "draw": []}
     for step in range(repeats + 1):
         for other in times:
             comm.barrier()
             t = time.perf_counter()
-            activity_gradient(model, loss, x, y, k=K, rng=KeyedTangents(0, step), comm=comm, other_tangents=other)
+            activity_gradient(case.model, loss, case.x, case.y, k=k, rng=KeyedTangents(0, step), comm=comm,
+                              blocks=case.blocks, other_tangents=other)
             comm.barrier()
             if step:  # the first is a warm-up
                 times[other].append(time.perf_counter() - t)
@@ -81,6 +79,8 @@ def step_times(comm, repeats: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--steps", default="mlp:16,mlp:4,cnn:16", metavar="MODEL:K,...",
+                   help="whole steps timed both ways (default mlp:16,mlp:4,cnn:16; the CNN's take ~1 s each)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "tangent_split_cost.md"))
     args = p.parse_args()
     heap_arrays()  # as training's --heap-arrays and bench/scaling.py
@@ -118,7 +118,9 @@ def main() -> None:
         "split: projection of this rank's B/P samples": best(lambda: agg(dr, Vr), comm, args.repeats),
         "split: Allgather of the B·n estimate (float32)": best(lambda: comm.allgather(est), comm, args.repeats),
     }
-    steps = step_times(comm, args.repeats)
+    cases = [(m, int(k)) for m, k in (c.split(":") for c in args.steps.split(","))]
+    steps = {(m, k): step_times(comm, m, k, args.repeats if m == "mlp" else max(2, args.repeats // 4))
+             for m, k in cases}
     regen = sum(v for k, v in rows.items() if k.startswith("regenerate"))
     split = sum(v for k, v in rows.items() if k.startswith("split"))
     if comm.is_root:
@@ -131,10 +133,14 @@ def main() -> None:
         lines += ["", f"regenerate: {regen:.2f} ms per step, {K * B * 4} bytes gathered (the k×B directional "
                   f"derivatives); split: {split:.2f} ms per step, plus {B * n * 4} bytes gathered (the estimate: "
                   "activation-sized traffic every step).", "",
-                  f"The whole step (MLP at batch {B}, `activity_gradient(..., comm=comm)`, keyed tangents, min of "
-                  f"{args.repeats} interleaved pairs, ms): "
-                  + ", ".join(f"other_tangents={o!r} {t:.2f}" for o, t in steps.items())
-                  + f"; the exchange sends {(hi - lo) * (B - (end - first)) * n * 4} bytes a rank."]
+                  f"The whole step (batch {B}, `activity_gradient(..., comm=comm)`, keyed tangents, projection; min of "
+                  f"{args.repeats} interleaved pairs for the MLP, {max(2, args.repeats // 4)} for the CNN; ms), "
+                  "the other ranks' tangents for a rank's samples exchanged or drawn:", "",
+                  "| model | k | exchange | draw | exchange / draw |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {m} | {k} | {t['exchange']:.4g} | {t['draw']:.4g} | {t['exchange'] / t['draw']:.3f} |"
+                  for (m, k), t in steps.items()]
+        lines += ["", f"(For the MLP at k = {K} the exchange sends {(hi - lo) * (B - (end - first)) * n * 4} bytes "
+                  "a rank.)"]
         text = "\n".join(lines) + "\n"
         atomic_write_text(args.out, text)
         print(text)

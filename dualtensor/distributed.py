@@ -22,9 +22,9 @@ import os
 import shutil
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -118,7 +118,7 @@ class Communicator:
         for a in arrays:  # copied and scaled in one pass
             view = flat[off:off + a.size].reshape(a.shape)
             if scale != 1.0:
-                xp.multiply(a, dtype.type(scale), out=view)
+                xp.multiply(a, dtype.type(scale), out=view, dtype=dtype)  # in the buffer's precision
             else:
                 view[...] = a
             off += a.size
@@ -267,10 +267,14 @@ class MPICommunicator(Communicator):
 
     def alltoallv(self, send: Any, send_parts: Sequence[tuple[int, int]], out: Any,
                   out_parts: Sequence[tuple[int, int]]) -> Any:
-        buf, staged = self._staged(send)
+        if send.dtype != out.dtype or send.ndim != 1 or out.ndim != 1:
+            raise ValueError(f"alltoallv: send and out must be 1-d buffers of one dtype, got {send.dtype} "
+                             f"{tuple(send.shape)} and {out.dtype} {tuple(out.shape)}")
+        staged = (is_cupy(send) or is_cupy(out)) and not self.cuda_aware  # MPI reads and writes host memory
+        buf = np.ascontiguousarray(to_host(send)) if staged else get_xp(send).ascontiguousarray(send)
         recv = np.empty(out.shape, dtype=out.dtype) if staged else out
-        if not staged and not (getattr(recv, "flags", None) is not None and recv.flags.c_contiguous):
-            raise ValueError("alltoallv: out must be a contiguous 1-d buffer")
+        if not recv.flags.c_contiguous:
+            raise ValueError("alltoallv: out must be a contiguous buffer")
         self._sync(buf)
         self._sync(recv)
         kind = self.MPI.Datatype.fromcode(buf.dtype.char)

@@ -32,6 +32,10 @@ def test_the_serial_communicator_is_the_identity():
     assert comm.allgather(x) is x and comm.allreduce(x) is x
     a, b = comm.allreduce_many([np.float32(2.0) * np.ones(()), np.ones((2, 2), np.float64)], 0.5)
     assert a.shape == () and a.dtype == np.float64 and float(a) == 1.0 and (b == 0.5).all()
+    out = np.full(4, -1.0)  # alltoallv: its one part to itself, at the offsets given; the rest untouched
+    assert comm.alltoallv(np.arange(5.0), [(1, 3)], out, [(0, 3)]) is out and out.tolist() == [1.0, 2.0, 3.0, -1.0]
+    with pytest.raises(ValueError, match="sends itself 3 items but expects 2"):
+        comm.alltoallv(np.arange(5.0), [(1, 3)], out, [(0, 2)])
 
 
 def test_a_launcher_without_mpi4py_is_refused_not_run_as_independent_copies(monkeypatch):
@@ -99,6 +103,8 @@ def test_split_estimators_refuse_what_they_cannot_split():
         activity_gradient(model, loss, x, y, k=1, rng=KeyedTangents(0), comm=TwoRanks())
     with pytest.raises(ValueError, match="split must be 'tangents' or 'data'"):
         activity_gradient(model, loss, x, y, k=2, rng=0, comm=TwoRanks(), split="rows")
+    with pytest.raises(ValueError, match="other_tangents must be one of exchange, draw, got 'send'"):
+        activity_gradient(model, loss, x, y, k=2, rng=0, comm=TwoRanks(), other_tangents="send")
     with pytest.raises(ValueError, match="pass rng=KeyedTangents"):
         forward_gradient(f, P, 2, rng=np.random.default_rng(0), comm=TwoRanks())
     with pytest.raises(ValueError, match="k=1 tangents cannot be split"):

@@ -185,3 +185,16 @@ def _rank_pid(rank, marker):
         if marker.encode() in cmdline and b"dualtensor" in b" ".join(cmdline) and ranks & set(environ):
             return int(d.name)
     raise AssertionError(f"no process of rank {rank}")
+
+
+def test_the_tangent_split_cost_benchmark_runs_on_two_ranks(tmp_path):
+    """bench/tangent_split_cost.py (README's exchange-or-draw figures), one repeat, the MLP's step at k = 2."""
+    out = tmp_path / "cost.md"
+    p = launch(2, str(HERE.parent / "bench" / "tangent_split_cost.py"), "--repeats", "1", "--steps", "mlp:2",
+               "--out", str(out))
+    assert p.returncode == 0, p.stdout + p.stderr
+    text = out.read_text()
+    assert "| split: projection of this rank's B/P samples |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| mlp | 2 |"))
+    exchange, draw, ratio = (float(c) for c in row.strip("|").split("|")[2:])
+    assert exchange > 0 and draw > 0 and ratio == pytest.approx(exchange / draw, rel=0.01)

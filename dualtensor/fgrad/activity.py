@@ -338,7 +338,7 @@ def _estimate(model: Any, loss_fn: Callable, x: Any, y: Any, k: int | None, samp
         raise ValueError(f"activity_gradient: loss_fn must return per-sample losses of shape ({B},) "
                          f"(e.g. reduction='none'), got {getattr(per_sample, 'shape', type(per_sample))}")
     loss = (per_sample.value if simulated else per_sample.primal).mean()  # stays on the device
-    if V is None and (own is None or simulated):  # (a tangent split uses the blocks' parts as they are)
+    if V is None and own is None:  # a tangent split keeps the per-block parts
         V = V_parts[0] if len(V_parts) == 1 else _side_by_side(V_parts, xp)
     est = None
     if simulated:  # exact gradients of the summed per-sample losses w.r.t. every block output:
@@ -452,7 +452,7 @@ def _exchange_rows(parts: list, own: tuple[int, int], k: int, comm: Any) -> Any:
     each rank sends each other rank its tangents for that rank's rows)."""
     from ..distributed import split_range
 
-    xp, B, dtype = get_xp(parts[0]), parts[0].shape[1], parts[0].dtype
+    xp, B, dtype = get_xp(parts[0]), parts[0].shape[1], np.result_type(*(p.dtype for p in parts))
     P, r, n = comm.size, comm.rank, sum(p.shape[-1] for p in parts)
     rows = [split_range(B, P, s) for s in range(P)]
     tangents = [split_range(k, P, s) for s in range(P)]
@@ -489,7 +489,7 @@ def _all_tangents(sampler: Any, k: int, rng: Any, xp: Any, B: int, shared: bool,
     """All k tangents (k, B, n) around this rank's tangents ``own`` (``own_parts``: block by block,
     (k_r, B, n_i)), the others drawn again (i.i.d. samplers: a structured draw is kept whole where it
     is made)."""
-    dtype = own_parts[0].dtype
+    dtype = np.result_type(*(p.dtype for p in own_parts))
     lo, hi = own
     before = _tangent_draw(sampler, k, rng, xp, B, shared, (0, lo))
     after = _tangent_draw(sampler, k, rng, xp, B, shared, (hi, k))

@@ -43,7 +43,9 @@ for k in (3, 4):  # 3: an uneven split
                 tag = f"activity k={k} {sampler} {aggregate} shared={shared}"
                 close(tag + " tangents", one.grads, tp.grads)
                 close(tag + " tangents d", one.d, tp.d)
-                close(tag + " tangents, the others' drawn", tp.grads, drawn.grads, 0.0)  # the same numbers
+                # the same numbers (where the samples are split: normal, rademacher, not shared; elsewhere both
+                # regenerate every tangent)
+                close(tag + " tangents, the others' drawn", tp.grads, drawn.grads, 0.0)
                 close(tag + " data", one.grads, dp.grads)
                 close(tag + " data loss", one.loss, dp.loss)
                 close(tag + " data d", one.d[:, lo:hi], dp.d)
@@ -68,6 +70,14 @@ for k in (3, 4):  # 3: an uneven split
         close(f"weight k={k} {sampler} data", one[1], dp[1])
         close(f"weight k={k} {sampler} simulated data", one[1], sim[1], 1e-8)
         close(f"weight k={k} {sampler} data loss", one[0], dp[0])
+
+# fewer samples than ranks: a rank with no rows to aggregate still sends its tangents' rows to the others
+for B_small in (1, 2):
+    kw = dict(k=comm.size + 1, rng=KeyedTangents(3, B_small))
+    one = activity_gradient(model, loss, x[:B_small], y[:B_small], **kw)
+    for other in ("exchange", "draw"):
+        tp = activity_gradient(model, loss, x[:B_small], y[:B_small], comm=comm, other_tangents=other, **kw)
+        close(f"activity tangents B={B_small} {other}", one.grads, tp.grads)
 
 # what moved: tangents mode gathers k x B directional derivatives, weight data mode k + 1 numbers
 before = comm.bytes_sent
@@ -132,12 +142,18 @@ send_parts = [(int(sum(counts[:r])), counts[r]) for r in range(size)]
 got = [(s + 1) * (me + 1) for s in range(size)]
 out_parts = [(1 + int(sum(got[:s])), got[s]) for s in range(size)]
 expected = np.concatenate([[-1.0]] + [np.full(g, 10.0 * s + me) for s, g in enumerate(got)])
-for xp in (np, cupy):
-    send = xp.asarray(np.concatenate([np.full(c, 10.0 * me + r) for r, c in enumerate(counts)]))
-    out = xp.asarray(np.full(1 + sum(got), -1.0))
+for xs, xo in ((np, np), (cupy, cupy), (np, cupy)):  # (a host send buffer into a device one: staged too)
+    send = xs.asarray(np.concatenate([np.full(c, 10.0 * me + r) for r, c in enumerate(counts)]))
+    out = xo.asarray(np.full(1 + sum(got), -1.0))
     back = comm.alltoallv(send, send_parts, out, out_parts)
     if back is not out or dt.backend.to_host(out).tolist() != expected.tolist():
-        failures.append(f"alltoallv ({xp.__name__}) gave {dt.backend.to_host(out)}, expected {expected}")
+        failures.append(f"alltoallv ({xs.__name__} into {xo.__name__}) gave {dt.backend.to_host(out)}, "
+                        f"expected {expected}")
+try:
+    comm.alltoallv(np.zeros(sum(counts), np.float32), send_parts, np.zeros(1 + sum(got)), out_parts)
+    failures.append("alltoallv took buffers of two dtypes")
+except ValueError as e:
+    assert "one dtype" in str(e)
 
 print(f"rank {comm.rank}: " + ("ok" if not failures else "; ".join(failures)), flush=True)
 sys.exit(1 if failures else 0)
