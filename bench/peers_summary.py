@@ -29,7 +29,8 @@ def cell(r: dict) -> tuple[str, str, str]:
     if not peers:
         return f"{t['dualtensor']['min']:.3g}", "–", "–"
     best = min(peers, key=peers.get)
-    return (f"{t['dualtensor']['min']:.3g}", f"{peers[best]:.3g} ({best})", f"{t['dualtensor']['min'] / peers[best]:.2f}")
+    mine = t["dualtensor"]["min"]
+    return f"{mine:.3g}", f"{peers[best]:.3g} ({best})", f"{mine / peers[best]:.2f}"
 
 
 def table(paths: list[Path]) -> str:
