@@ -74,6 +74,7 @@ class _Library:
         self.shares_cores = False
         self.brgemm_matmul: bool | None = None  # whether oneDNN has brgemm matmul kernels on this CPU
         self.lock = threading.RLock()  # one stream and a shared cache: calls from several threads take turns
+        self.building = threading.local()  # .made: the handles the entry this thread builds has created
 
     @staticmethod
     def check(status: int, what: str) -> None:
@@ -92,13 +93,28 @@ class _Library:
                 strides[i] = 1 if inner is None else strides[inner] * a.shape[inner]
         self.check(self.lib.dnnl_memory_desc_create_with_strides(
             ctypes.byref(md), a.ndim, _Dims(*a.shape), _F32, _Dims(*strides)), "memory desc")
-        return md
+        return self.own("md", md)
 
     def any_desc(self, shape: tuple) -> ctypes.c_void_p:
         md = ctypes.c_void_p()
         self.check(self.lib.dnnl_memory_desc_create_with_tag(ctypes.byref(md), len(shape), _Dims(*shape), _F32, _ANY),
                    "memory desc")
-        return md
+        return self.own("md", md)
+
+    def own(self, kind: str, handle: ctypes.c_void_p) -> ctypes.c_void_p:
+        """``handle`` (a memory descriptor "md", primitive descriptor "pd" or primitive "prim"), recorded as
+        belonging to the cache entry being built, which destroys it when it is evicted (outside a build the
+        caller destroys it)."""
+        made = getattr(self.building, "made", None)
+        if made is not None:
+            made.append((kind, handle))
+        return handle
+
+    def destroy(self, handles: list) -> None:
+        destroy = {"md": self.lib.dnnl_memory_desc_destroy, "pd": self.lib.dnnl_primitive_desc_destroy,
+                   "prim": self.lib.dnnl_primitive_destroy}
+        for kind, h in reversed(handles):
+            destroy[kind](h)
 
     def implementation(self, pd: ctypes.c_void_p) -> str:
         """The name of the implementation oneDNN chose for ``pd``, e.g. ``"jit:avx2"``."""
@@ -114,6 +130,7 @@ class _Library:
             raise RuntimeError(f"oneDNN: only the reference implementation ({name})")
         p = ctypes.c_void_p()
         self.check(self.lib.dnnl_primitive_create(ctypes.byref(p), pd), "primitive")
+        self.own("prim", p)
         if fast and not self.shares_cores:  # the first fast primitive: two thread pools share the cores now
             self.shares_cores = True
             backend.let_idle_blas_threads_sleep()
@@ -123,7 +140,7 @@ class _Library:
         pd = ctypes.c_void_p()
         self.check(self.lib.dnnl_reorder_primitive_desc_create(ctypes.byref(pd), src_md, self.engine, dst_md,
                                                                self.engine, None), "reorder")
-        return self.primitive(pd, fast=False)
+        return self.primitive(self.own("pd", pd), fast=False)
 
     def run(self, prim: Any, args: list) -> None:
         """Execute with (argument id, memory descriptor, array) triples, the arrays passed in place."""
@@ -143,18 +160,27 @@ class _Library:
                     self.lib.dnnl_memory_destroy(m)
 
     def cached(self, key: tuple, build: Any) -> Any:
-        """build() once per key; a build that raised RuntimeError (oneDNN declines) is cached as None."""
+        """build() once per key; a build that raised RuntimeError (oneDNN declines) is cached as None. The
+        least recently used entry beyond _CACHE_SIZE is destroyed with the handles its build created, so a
+        caller must hold ``lock`` from this call until it has run what it got."""
         with self.lock:
             if key in self.cache:
                 self.cache.move_to_end(key)
-                return self.cache[key]
+                return self.cache[key][0]
+            outer = getattr(self.building, "made", None)  # a build may build another entry (a hint) inside
+            self.building.made = []
             try:
                 hit = build()
             except RuntimeError:
                 hit = None
-            self.cache[key] = hit
-            if len(self.cache) > _CACHE_SIZE:
-                self.cache.popitem(last=False)
+            finally:
+                made, self.building.made = self.building.made, outer
+            if hit is None:  # declined: nothing it made is kept
+                self.destroy(made)
+                made = []
+            self.cache[key] = (hit, made)
+            while len(self.cache) > _CACHE_SIZE:
+                self.destroy(self.cache.popitem(last=False)[1][1])
             return hit
 
 
@@ -233,12 +259,17 @@ def _forward(lib: _Library, x: Any, wshape: tuple, bias: bool, y: Any, stride: t
         lib.check(lib.lib.dnnl_convolution_forward_primitive_desc_create(
             ctypes.byref(pd), lib.engine, _FORWARD, _DIRECT, src, wmd, bmd, dst, *_geometry(stride, pads, dilation),
             None), "convolution forward")
+        lib.own("pd", pd)
         if hwio and not lib.implementation(pd).startswith(("brg", "jit")):
             raise RuntimeError("oneDNN: no direct kernel for plain weights")
         wmd = ctypes.c_void_p(lib.lib.dnnl_primitive_desc_query_md(pd, _Q_WEIGHTS, 0))
         return pd, lib.primitive(pd), src, wmd, bmd, dst
-    return lib.cached(("fwd", x.shape, x.strides, wshape, bias, y.strides, stride, pads, dilation, groups, hwio),
-                      build)
+    return lib.cached(_forward_key(x, wshape, bias, y, stride, pads, dilation, groups, hwio), build)
+
+
+def _forward_key(x: Any, wshape: tuple, bias: bool, y: Any, stride: tuple, pads: tuple, dilation: tuple,
+                 groups: int, hwio: tuple | None = None) -> tuple:
+    return "fwd", x.shape, x.strides, wshape, bias, y.strides, stride, pads, dilation, groups, hwio
 
 
 def _hwio_strides(w: Any, groups: int) -> tuple | None:
@@ -264,7 +295,7 @@ def _hwio_desc(lib: _Library, wshape: tuple, strides: tuple) -> ctypes.c_void_p:
     md = ctypes.c_void_p()
     lib.check(lib.lib.dnnl_memory_desc_create_with_strides(
         ctypes.byref(md), 4, _Dims(*wshape), _F32, _Dims(*strides)), "memory desc")
-    return md
+    return lib.own("md", md)
 
 
 def preferred_weights(w: Any, groups: int = 1) -> Any:
@@ -289,11 +320,13 @@ def _hint(forward: Any) -> Any:
     return forward[0]
 
 
-def _weights_in(lib: _Library, w: Any, wmd: Any, groups: int) -> Any:
-    """The (O, C/G, kh, kw) weights reordered into the primitive's layout (a flat float32 buffer)."""
+def _weights_in(lib: _Library, w: Any, wmd: Any, groups: int, owner: tuple) -> Any:
+    """The (O, C/G, kh, kw) weights reordered into the layout ``wmd`` of the primitive cached under ``owner``
+    (a flat float32 buffer). The reorder is cached by that key, not by ``wmd``'s address, which an evicted
+    entry frees for another layout."""
     w = _passable(w).reshape(_weights_shape(w.shape, groups))
     user = lib.desc(w, plain=True)
-    key = ("reorder in", w.shape, w.strides, wmd.value)
+    key = ("reorder in", w.shape, w.strides, owner)
     prim = lib.cached(key, lambda: lib.reorder(user, wmd))
     out = np.empty(lib.lib.dnnl_memory_desc_get_size(wmd) // 4, np.float32)
     lib.run(prim, [(_SRC, user, w), (_DST, wmd, out)])
@@ -311,18 +344,19 @@ def conv_forward(x: Any, w: Any, b: Any, stride: tuple, pads: tuple, dilation: t
     y = _channels_last((x.shape[0], w.shape[0], ho, wo))
     geo = (tuple(w.shape), b is not None, y, stride, pads, dilation, groups)
     hwio = _hwio_strides(w, groups)
-    hit = _forward(lib, x, *geo, hwio=hwio) if hwio else None
-    in_place = hit is not None  # the weights read as they are, else reordered into the kernel's layout
-    if not in_place:
-        hit = _forward(lib, x, *geo)
-    if hit is None:
-        return None
-    _, prim, src, wmd, bmd, dst = hit
-    weights = w if in_place else _weights_in(lib, w, wmd, groups)
-    args = [(_SRC, src, x), (_WEIGHTS, wmd, weights), (_DST, dst, y)]
-    if b is not None:
-        args.append((_BIAS, bmd, np.ascontiguousarray(b, dtype=np.float32)))
-    lib.run(prim, args)
+    with lib.lock:  # what the cache gives stays alive until it has run
+        hit = _forward(lib, x, *geo, hwio=hwio) if hwio else None
+        in_place = hit is not None  # the weights read as they are, else reordered into the kernel's layout
+        if not in_place:
+            hit = _forward(lib, x, *geo)
+        if hit is None:
+            return None
+        _, prim, src, wmd, bmd, dst = hit
+        weights = w if in_place else _weights_in(lib, w, wmd, groups, _forward_key(x, *geo))
+        args = [(_SRC, src, x), (_WEIGHTS, wmd, weights), (_DST, dst, y)]
+        if b is not None:
+            args.append((_BIAS, bmd, np.ascontiguousarray(b, dtype=np.float32)))
+        lib.run(prim, args)
     return y
 
 
@@ -342,13 +376,16 @@ def conv_backward_data(g: Any, w: Any, x_shape: tuple, stride: tuple, pads: tupl
         lib.check(lib.lib.dnnl_convolution_backward_data_primitive_desc_create(
             ctypes.byref(pd), lib.engine, _DIRECT, dsrc, wmd, ddst, *_geometry(stride, pads, dilation), hint, None),
             "convolution backward data")
-        wmd = ctypes.c_void_p(lib.lib.dnnl_primitive_desc_query_md(pd, _Q_WEIGHTS, 0))
+        wmd = ctypes.c_void_p(lib.lib.dnnl_primitive_desc_query_md(lib.own("pd", pd), _Q_WEIGHTS, 0))
         return lib.primitive(pd), dsrc, wmd, ddst
-    hit = lib.cached(("bwd data", gx.shape, g.shape, g.strides, wshape, stride, pads, dilation, groups), build)
-    if hit is None:
-        return None
-    prim, dsrc, wmd, ddst = hit
-    lib.run(prim, [(_DIFF_DST, ddst, g), (_WEIGHTS, wmd, _weights_in(lib, w, wmd, groups)), (_DIFF_SRC, dsrc, gx)])
+    key = ("bwd data", gx.shape, g.shape, g.strides, wshape, stride, pads, dilation, groups)
+    with lib.lock:  # what the cache gives stays alive until it has run
+        hit = lib.cached(key, build)
+        if hit is None:
+            return None
+        prim, dsrc, wmd, ddst = hit
+        weights = _weights_in(lib, w, wmd, groups, key)
+        lib.run(prim, [(_DIFF_DST, ddst, g), (_WEIGHTS, wmd, weights), (_DIFF_SRC, dsrc, gx)])
     return gx
 
 
@@ -368,6 +405,7 @@ def conv_backward_weights(g: Any, x: Any, w_shape: tuple, stride: tuple, pads: t
         lib.check(lib.lib.dnnl_convolution_backward_weights_primitive_desc_create(
             ctypes.byref(pd), lib.engine, _DIRECT, src, wmd, None, ddst, *_geometry(stride, pads, dilation), hint,
             None), "convolution backward weights")
+        lib.own("pd", pd)
         if lib.implementation(pd).startswith("jit_1x1") and max(stride) > 1:
             # oneDNN 3.2's strided 1x1 weight-gradient kernel (its reduce-to-unit-stride copy) corrupts the heap
             # on AVX2 CPUs (seen on an AMD EPYC; results right, malloc aborts later): the GEMMs take these
@@ -375,14 +413,15 @@ def conv_backward_weights(g: Any, x: Any, w_shape: tuple, stride: tuple, pads: t
         wmd = ctypes.c_void_p(lib.lib.dnnl_primitive_desc_query_md(pd, _Q_DIFF_WEIGHTS, 0))
         user = lib.desc(gw, plain=True)
         return lib.primitive(pd), src, wmd, ddst, lib.reorder(wmd, user), user
-    hit = lib.cached(("bwd weights", x.shape, x.strides, g.shape, g.strides, wshape, stride, pads, dilation,
-                      groups), build)
-    if hit is None:
-        return None
-    prim, src, wmd, ddst, back, user = hit
-    blocked = np.empty(lib.lib.dnnl_memory_desc_get_size(wmd) // 4, np.float32)
-    lib.run(prim, [(_SRC, src, x), (_DIFF_DST, ddst, g), (_DIFF_WEIGHTS, wmd, blocked)])
-    lib.run(back, [(_SRC, wmd, blocked), (_DST, user, gw)])
+    with lib.lock:  # what the cache gives stays alive until it has run
+        hit = lib.cached(("bwd weights", x.shape, x.strides, g.shape, g.strides, wshape, stride, pads, dilation,
+                          groups), build)
+        if hit is None:
+            return None
+        prim, src, wmd, ddst, back, user = hit
+        blocked = np.empty(lib.lib.dnnl_memory_desc_get_size(wmd) // 4, np.float32)
+        lib.run(prim, [(_SRC, src, x), (_DIFF_DST, ddst, g), (_DIFF_WEIGHTS, wmd, blocked)])
+        lib.run(back, [(_SRC, wmd, blocked), (_DST, user, gw)])
     return gw.reshape(wshape)
 
 
@@ -391,7 +430,7 @@ def _matmul_desc(lib: _Library, src: Any, wei: Any, dst: Any) -> tuple:
     pd = ctypes.c_void_p()
     lib.check(lib.lib.dnnl_matmul_primitive_desc_create(ctypes.byref(pd), lib.engine, src, wei, None, dst, None),
               "matmul")
-    return pd, lib.implementation(pd).startswith("brg")
+    return lib.own("pd", pd), lib.implementation(pd).startswith("brg")
 
 
 def _has_brgemm_matmul(lib: _Library) -> bool:
@@ -409,8 +448,11 @@ def matmul(a: Any, b: Any) -> Any:
     array from oneDNN's matmul, or None where oneDNN is not there or has no brgemm kernel for it (CPUs without
     AVX-512: there its matmul is the GEMM NumPy's OpenBLAS matches)."""
     lib = _load()
-    if not lib or not _has_brgemm_matmul(lib):
+    if not lib:
         return None
+    with lib.lock:
+        if not _has_brgemm_matmul(lib):
+            return None
     a, b = _passable(a), _passable(b)
     out = np.empty((a.shape[0], b.shape[1]), np.float32)
 
@@ -420,9 +462,10 @@ def matmul(a: Any, b: Any) -> Any:
         if not brgemm:
             raise RuntimeError("oneDNN: no brgemm matmul kernel here")
         return lib.primitive(pd), src, wei, dst
-    hit = lib.cached(("matmul", a.shape, a.strides, b.shape, b.strides), build)
-    if hit is None:
-        return None
-    prim, src, wei, dst = hit
-    lib.run(prim, [(_SRC, src, a), (_WEIGHTS, wei, b), (_DST, dst, out)])
+    with lib.lock:  # what the cache gives stays alive until it has run
+        hit = lib.cached(("matmul", a.shape, a.strides, b.shape, b.strides), build)
+        if hit is None:
+            return None
+        prim, src, wei, dst = hit
+        lib.run(prim, [(_SRC, src, a), (_WEIGHTS, wei, b), (_DST, dst, out)])
     return out

@@ -229,9 +229,50 @@ def test_float64_and_switch_off():
     assert onednn.version().startswith("3.")
 
 
+def test_evicted_primitives_are_destroyed_and_rebuilt_the_same(monkeypatch):
+    """Beyond the cache's size the least recently used primitives are destroyed with their descriptors, and a
+    call that needs one again rebuilds it: the same results, bit for bit, as the first build's."""
+    lib = onednn._load()
+    monkeypatch.setattr(onednn, "_CACHE_SIZE", 3)
+    destroyed = {"dnnl_primitive_destroy": 0, "dnnl_primitive_desc_destroy": 0}
+    for name in destroyed:
+        def spy(h, name=name, orig=getattr(lib.lib, name)):
+            destroyed[name] += 1
+            return orig(h)
+        monkeypatch.setattr(lib.lib, name, spy)
+    rng = np.random.default_rng(0)
+    geo = ((1, 1), ((1, 1), (1, 1)), (1, 1), 1)
+    cases = [(_f32(rng, (2, c, 6, 6)), _f32(rng, (c + 1, c, 3, 3))) for c in (2, 3, 4, 5)]
+    mats = [(_f32(rng, (64, 256)), _f32(rng, (256, 128 + 8 * i))) for i in range(3)]
+
+    def results():
+        out = []
+        for x, w in cases:
+            y = onednn.conv_forward(x, w, None, *geo)
+            out += [y, onednn.conv_backward_data(y, w, x.shape, *geo),
+                    onednn.conv_backward_weights(y, x, w.shape, *geo)]
+        if onednn._has_brgemm_matmul(lib):
+            out += [onednn.matmul(a, b) for a, b in mats]
+        return [np.array(o) for o in out]
+
+    first = results()
+    assert len(lib.cache) <= 3
+    assert destroyed["dnnl_primitive_destroy"] > 0 and destroyed["dnnl_primitive_desc_destroy"] > 0
+    again = results()  # every entry was evicted in between: all rebuilt
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    for (x, w), y in zip(cases, first[0::3]):  # and right: against the GEMM layouts in float64
+        want = conv_mod._conv2d_impl(x.astype(np.float64), w.astype(np.float64), None, stride=(1, 1),
+                                     pads=((1, 1), (1, 1)), dilation=(1, 1), groups=1)[0]
+        _close(y, want)
+
+
 _HEAP_SCRIPT = r"""
+import os
 import numpy as np
 from dualtensor import onednn
+if os.environ.get("HEAP_SCRIPT_CACHE"):  # a small cache: primitives destroyed and rebuilt all the time
+    onednn._CACHE_SIZE = int(os.environ["HEAP_SCRIPT_CACHE"])
 rng = np.random.default_rng(0)
 # (x shape, weight shape, stride, padding, groups): ResNet stems, 3x3 stages, 1x1 shortcuts (strided), a grouped layer
 for xs, ws, s, p, groups in [((4, 3, 16, 16), (8, 3, 7, 7), 2, 3, 1), ((4, 4, 8, 8), (4, 4, 3, 3), 1, 1, 1),
@@ -255,6 +296,7 @@ def test_no_heap_corruption_on_this_cpu():
     """Every kind of convolution the models use, forward and both backwards, repeated under glibc's heap checks:
     oneDNN 3.2's strided 1x1 weight-gradient kernel corrupted the heap on AVX2 CPUs (right results, a malloc
     abort later), so it is declined; this catches any such kernel on the CPU the tests run on."""
-    env = dict(os.environ, MALLOC_CHECK_="3", MALLOC_PERTURB_="165", OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-c", _HEAP_SCRIPT], capture_output=True, text=True, timeout=120, env=env)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])
+    for cache in ("", "2"):  # (and with entries evicted and destroyed all the time)
+        env = dict(os.environ, MALLOC_CHECK_="3", MALLOC_PERTURB_="165", OMP_NUM_THREADS="1", HEAP_SCRIPT_CACHE=cache)
+        r = subprocess.run([sys.executable, "-c", _HEAP_SCRIPT], capture_output=True, text=True, timeout=120, env=env)
+        assert r.returncode == 0 and r.stdout.strip() == "ok", (cache, r.returncode, r.stderr[-2000:])
