@@ -131,6 +131,27 @@ def test_close_keeps_the_marker_once_a_run_file_was_written(tmp_path):
         rd.write_text("config.json", "{}\n")
 
 
+def test_a_folder_a_run_was_killed_in_before_its_first_marker_is_adopted(tmp_path):
+    """SIGKILL while the first marker was being written leaves only the marker's temporary (and the lock file):
+    that folder is the killed run's, so it is taken (the temporary removed), not refused as someone else's."""
+    path = tmp_path / "trial"
+    path.mkdir()
+    (path / LOCK).write_text("")
+    (path / f".{MARKER}.k1l2m3.tmp").write_text('{"format"')
+    with pytest.raises(RunDirError, match="holds no run to resume"):
+        RunDir.open(path, "resume")
+    with RunDir.open(path, "new") as rd:
+        rd.write_text("config.json", "{}\n")
+    assert names(path) == {MARKER, LOCK, "config.json"}
+    other = tmp_path / "mine"  # beside a file of the user's the folder is still not dualtensor's
+    other.mkdir()
+    (other / f".{MARKER}.k1l2m3.tmp").write_text("")
+    (other / "notes.txt").write_text("mine\n")
+    with pytest.raises(RunDirError, match="not made by dualtensor"):
+        RunDir.open(other, "new")
+    assert names(other) == {f".{MARKER}.k1l2m3.tmp", "notes.txt"}
+
+
 @pytest.mark.parametrize("mode", ["new", "resume", "overwrite"])
 def test_a_folder_not_made_by_dualtensor_is_refused_in_every_mode_and_left_untouched(tmp_path, mode):
     path = tmp_path / "mine"

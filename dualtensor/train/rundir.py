@@ -105,6 +105,8 @@ class RunDir:
     @staticmethod
     def _check_contents(path: Path, mode: str, files: dict | None) -> None:
         entries = sorted(p.name for p in path.iterdir() if p.name != LOCK) if path.is_dir() else []
+        if files is None and entries and set(entries) <= {p.name for p in stale_temporaries(path, {MARKER})}:
+            entries = []  # all a run killed while writing its first marker left: the folder it made or adopted
         if files is None and entries:
             if {"last.npz", "config.json"} <= set(entries):
                 raise RunDirError(f"--out {path} holds a run of an earlier dualtensor (it has no {MARKER}); this "
