@@ -448,11 +448,8 @@ def matmul(a: Any, b: Any) -> Any:
     array from oneDNN's matmul, or None where oneDNN is not there or has no brgemm kernel for it (CPUs without
     AVX-512: there its matmul is the GEMM NumPy's OpenBLAS matches)."""
     lib = _load()
-    if not lib:
+    if not lib or not _has_brgemm_matmul(lib):  # (its probe builds no cache entry: no lock needed)
         return None
-    with lib.lock:
-        if not _has_brgemm_matmul(lib):
-            return None
     a, b = _passable(a), _passable(b)
     out = np.empty((a.shape[0], b.shape[1]), np.float32)
 
