@@ -73,6 +73,7 @@ class _Library:
         self.cache: OrderedDict = OrderedDict()
         self.shares_cores = False
         self.brgemm_matmul: bool | None = None  # whether oneDNN has brgemm matmul kernels on this CPU
+        self.plain_weights: bool | None = None  # whether a direct forward kernel reads (kh, kw, C, O) weights
         self.lock = threading.RLock()  # one stream and a shared cache: calls from several threads take turns
         self.building = threading.local()  # .made: the handles the entry this thread builds has created
 
@@ -311,6 +312,22 @@ def preferred_weights(w: Any, groups: int = 1) -> Any:
     out = np.empty(w.shape[2:] + w.shape[1::-1], np.float32).transpose(3, 2, 0, 1)
     out[...] = w
     return out
+
+
+def reads_plain_weights() -> bool:
+    """Whether oneDNN has a direct forward kernel on this CPU that reads :func:`preferred_weights` in place
+    (its brgemm convolutions for AVX-512 do; with AVX2 only a GEMM does, which is declined, so the weights
+    are reordered on every call whatever their layout). Probed once on one 3x3 geometry."""
+    lib = _load()
+    if not lib:
+        return False
+    with lib.lock:
+        if lib.plain_weights is None:
+            w = preferred_weights(np.zeros((16, 8, 3, 3), np.float32))
+            x, y = _nhwc(np.zeros((1, 8, 8, 8), np.float32)), _channels_last((1, 16, 8, 8))
+            geo = (w.shape, False, y, (1, 1), ((1, 1), (1, 1)), (1, 1), 1)
+            lib.plain_weights = _forward(lib, x, *geo, hwio=_hwio_strides(w, 1)) is not None
+        return lib.plain_weights
 
 
 def _hint(forward: Any) -> Any:
