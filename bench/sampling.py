@@ -2,6 +2,7 @@
 
     python bench/sampling.py [--k 16] [--n 65536] [--repeats 7] [--json out.json] [--quick]
     python bench/sampling.py --thread-ab 1,2 [--k 4] [--n 3333962] [--heap-arrays]   # per thread count
+    python bench/sampling.py --transform-ab [--k 16] [--n 1863690]   # Box-Muller: numba vs NumPy passes
 
 Each sampler draws a (k, n) block ``repeats`` times after one warm-up; the table reports the median
 time per number (and the spread). Prints a Markdown table; ``--json`` also writes the records.
@@ -103,6 +104,31 @@ def thread_ab(counts: list[int], k: int, n: int, repeats: int) -> list[dict]:
     return rows
 
 
+def transform_ab(k: int, n: int, repeats: int) -> list[dict]:
+    """The float32 Box-Muller transform of k n numbers, chunk by chunk as the sampler runs it, compiled
+    (numba) and as NumPy passes, on the same words, interleaved, on the calling thread. Times in ms."""
+    from dualtensor.fgrad import box_muller
+
+    fns = {"numba": box_muller.compiled(), "numpy": box_muller.transform_numpy}
+    if fns["numba"] is None:
+        raise SystemExit("sampling.py: --transform-ab needs numba (pip install -e \".[numba]\")")
+    m = S._BM_CHUNK
+    chunks = -(-k * n // (2 * m))
+    w = np.random.default_rng(0).bit_generator.random_raw(m).view(np.uint32)
+    o1, o2 = np.empty(m, np.float32), np.empty(m, np.float32)
+    times = {name: [] for name in fns}
+    for r in range(repeats + 1):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(chunks):
+                fn(w, o1, o2)
+            if r:  # the first round warms up (and compiles)
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    base = min(times["numpy"])
+    return [{"transform": name, "k": k, "n": n, "chunks": chunks, "ms_min": min(t), "ms_median": float(np.median(t)),
+             "numpy_over_this": base / min(t), "repeats": repeats} for name, t in times.items()]
+
+
 def _report(title: str, header: list[str], rule: str, cells: list[list], path: str | None, record: dict) -> None:
     """Print a Markdown table under ``title``; with ``path``, write ``record`` (plus numpy and CPU count) as JSON."""
     print(title + "\n")
@@ -126,7 +152,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="only the float32 normal draws, interleaved under these BLAS thread counts")
     p.add_argument("--heap-arrays", action="store_true",
                    help="large arrays from the process heap (dualtensor.allocator.heap_arrays), as bench/runtime.py")
+    p.add_argument("--transform-ab", action="store_true",
+                   help="only the float32 Box-Muller transform, numba against NumPy passes, interleaved")
     a = p.parse_args(argv)
+    if a.transform_ab:
+        _timing.limit_threads(1)
+        rows = transform_ab(a.k, a.n, a.repeats)
+        _report(f"float32 Box-Muller transform of {a.k} x {a.n} numbers in chunks of {2 * S._BM_CHUNK}, one thread, "
+                f"interleaved, {a.repeats} repeats", ["transform", "ms min", "ms median", "numpy min / this min"],
+                "|---|---:|---:|---:|", [[r["transform"], f"{r['ms_min']:.1f}", f"{r['ms_median']:.1f}",
+                                          f"{r['numpy_over_this']:.2f}"] for r in rows], a.json, {"rows": rows})
+        return rows
     if a.heap_arrays:
         from dualtensor.allocator import heap_arrays
 

@@ -133,3 +133,13 @@ def test_sampling_thread_ab(tmp_path):
     want = {(s, c) for s in ("normal", "normal (keyed)") for c in (1, 2)}
     assert {(r["sampler"], r["threads"]) for r in rows} == want
     assert all(r["ms_min"] > 0 and r["ms_median"] >= r["ms_min"] for r in rows)
+
+
+def test_sampling_transform_ab(tmp_path):
+    pytest.importorskip("numba", reason="the A/B times the numba-compiled transform")
+    out = _run("sampling.py", "--transform-ab", "--k", "2", "--n", "600000", "--repeats", "2",
+               "--json", str(tmp_path / "t.json"))
+    assert "| transform | ms min |" in out
+    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
+    assert [r["transform"] for r in rows] == ["numba", "numpy"]
+    assert all(r["chunks"] == 3 and r["ms_median"] >= r["ms_min"] > 0 for r in rows)
