@@ -109,19 +109,19 @@ def transform_ab(k: int, n: int, repeats: int) -> list[dict]:
     (numba) and as NumPy passes, on the same words, interleaved, on the calling thread. Times in ms."""
     from dualtensor.fgrad import box_muller
 
-    fns = {"numba": box_muller.compiled(), "numpy": box_muller.transform_numpy}
+    fns = {"numba": box_muller.compiled(), "numpy": box_muller.transform_arrays}
     if fns["numba"] is None:
         raise SystemExit("sampling.py: --transform-ab needs numba (pip install -e \".[numba]\")")
     m = S._BM_CHUNK
     chunks = -(-k * n // (2 * m))
-    w = np.random.default_rng(0).bit_generator.random_raw(m).view(np.uint32)
-    o1, o2 = np.empty(m, np.float32), np.empty(m, np.float32)
+    w = np.random.default_rng(0).bit_generator.random_raw(m).view(np.uint32).reshape(1, 2 * m)
+    out = np.empty(w.shape, np.float32)
     times = {name: [] for name in fns}
     for r in range(repeats + 1):
         for name, fn in fns.items():
             t0 = time.perf_counter()
             for _ in range(chunks):
-                fn(w, o1, o2)
+                fn(w, out)
             if r:  # the first round warms up (and compiles)
                 times[name].append((time.perf_counter() - t0) * 1e3)
     base = min(times["numpy"])

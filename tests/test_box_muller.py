@@ -34,29 +34,44 @@ def _reference(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _run(fn, w):
-    m = len(w) // 2
-    o1, o2 = np.empty(m, np.float32), np.empty(m, np.float32)
+    m = w.shape[-1] // 2
+    out = np.empty(w.shape, np.float32)
     kept = w.copy()
-    fn(w, o1, o2)
+    fn(w, out)
     assert np.array_equal(w, kept)  # the words are not modified
-    return o1, o2
+    return out[..., :m], out[..., m:]
 
 
-@pytest.mark.parametrize("m", [1, 100, 2048 * 3 + 5, B._NUMPY_BLOCK + 1, 70_001])
+def _compiled(w, out):
+    B.compiled()(w.reshape(-1, w.shape[-1]), out.reshape(-1, w.shape[-1]))
+
+
+@pytest.mark.parametrize("m", [1, 100, 2048 * 3 + 5, B._PASS_BLOCK + 1, 70_001])
 def test_compiled_and_numpy_give_the_same_bits(m):
     pytest.importorskip("numba", reason="the compiled transform needs the numba extra")
     if B.compiled() is None:
         pytest.skip("DUALTENSOR_NUMBA=0 is set")
-    w = _words(max(m, 100))[: 2 * m] if m >= 100 else np.random.default_rng(1).integers(0, 2**32, 2 * m, np.uint32)
-    a, b = _run(B.compiled(), w), _run(B.transform_numpy, w)
+    w = _words(m) if m >= 100 else np.random.default_rng(1).integers(0, 2**32, 2 * m, np.uint32)
+    a, b = _run(_compiled, w), _run(B.transform_arrays, w)
     for x, y in zip(a, b):
         assert np.array_equal(x.view(np.uint32), y.view(np.uint32))
+
+
+def test_rows_are_transformed_each_on_its_own():
+    """(R, 2m) words: row r's outputs are those of row r alone, compiled or not (the keyed streams' chunks)."""
+    w = np.random.default_rng(2).integers(0, 2**32, (5, 2 * 4096), np.uint32)
+    fns = [B.transform, B.transform_arrays] + ([_compiled] if B.compiled() else [])
+    for fn in fns:
+        z1, z2 = _run(fn, w)
+        for r in (0, 3):
+            one = _run(B.transform_arrays, w[r])
+            assert np.array_equal(z1[r], one[0]) and np.array_equal(z2[r], one[1])
 
 
 @pytest.mark.parametrize("path", ["numpy", "transform"])
 def test_pairs_are_within_a_few_ulps_of_float64(path):
     w = _words(50_000, seed=3)
-    z1, z2 = _run(B.transform_numpy if path == "numpy" else B.transform, w)
+    z1, z2 = _run(B.transform_arrays if path == "numpy" else B.transform, w)
     for got, ref in zip((z1, z2), _reference(w)):
         ulp = np.spacing(np.abs(ref).astype(np.float32)).astype(np.float64)
         err = np.abs(got - ref) / np.maximum(ulp, np.spacing(np.float32(1e-30)))

@@ -207,3 +207,15 @@ def test_projection_keeps_a_non_finite_derivative_for_the_finite_check():
         warnings.simplefilter("ignore")
         g = dt.fgrad.AGGREGATORS["projection"](d, V)  # no error from the solver: NaN reaches the caller
     assert np.isnan(to_host(g)).any()
+
+
+@pytest.mark.parametrize("start, count", [(0, 5 * 8192), (100, 3000), (4000, 300), (8192 + 5000, 9000)])
+def test_keyed_float32_normals_on_the_device_are_the_host_ones(start, count):
+    """The float32 Box-Muller passes (dualtensor.fgrad.box_muller) on CuPy arrays: whole chunks and parts."""
+    from dualtensor.fgrad.streams import keyed_entries, stream_key
+
+    keys = [stream_key(1, 2, j, 0) for j in range(3)]
+    host = keyed_entries("normal", keys, start, count, np.float32)
+    dev = keyed_entries("normal", keys, start, count, np.float32, xp=cupy)
+    assert dt.backend.is_cupy(dev) and dev.dtype == np.float32
+    np.testing.assert_allclose(to_host(dev), host, rtol=1e-6, atol=1e-6)

@@ -150,11 +150,14 @@ sys.exit(main(["train", *sys.argv[4:]]))
 def test_a_signal_right_after_a_run_file_is_renamed_into_place_leaves_it_resumable(
         tmp_path, signum, status, name, nth):
     out = tmp_path / "out"
+    # best.npz is written again only when the monitored metric improves: validation loss moves every epoch,
+    # accuracy on these few samples may stall (whether it does depends on the tangents drawn)
+    monitor = ["--monitor", "val_loss"] if name == "best.npz" else []
     r = subprocess.run([sys.executable, "-c", _SIGNAL_AFTER_RENAME, name, str(nth), str(int(signum)),
-                        *QUICK, "--epochs", "3", "--out", str(out)],
+                        *QUICK, "--epochs", "3", *monitor, "--out", str(out)],
                        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=DEADLINE_S)
     assert r.returncode == status, r.stderr
-    assert load_checkpoint(out / "last.npz").epoch in (0, 1, 2)  # written before or after NAME's second write
+    assert load_checkpoint(out / "last.npz").epoch in (0, 1, 2, 3)  # written before or after NAME's second write
     resume_one_more_epoch(tmp_path, out, jsonl(out / "metrics.jsonl"))
 
 

@@ -122,3 +122,18 @@ def test_keyed_tangents_are_made_on_the_device_and_equal_the_host_ones(sampler):
     np.testing.assert_allclose(dt.backend.to_host(dev), host, rtol=1e-6, atol=1e-6)
     act = keys.activity(sampler, 2, 3, xp=cupy)(50, np.float32)
     assert dt.backend.is_cupy(act) and act.shape == (2, 3, 50)
+
+
+@pytest.mark.parametrize("first, count", [(0, 5000), (123_456_789, 70_001)])
+def test_compiled_words_are_the_array_code_s(monkeypatch, first, count):
+    """SplitMix64 compiled by numba (dualtensor.jit) and as NumPy passes: the same words."""
+    pytest.importorskip("numba", reason="the compiled words need the numba extra")
+    from dualtensor import jit
+    from dualtensor.fgrad import streams
+
+    if not jit.available():
+        pytest.skip("DUALTENSOR_NUMBA=0 is set")
+    keys = np.array([stream_key(7, 1, j, 0) for j in range(3)], dtype=np.uint64)
+    fast = streams._words(keys, first, count, np)
+    monkeypatch.setattr(streams.jit, "compile", lambda kernel: None)
+    assert np.array_equal(fast, streams._words(keys, first, count, np))

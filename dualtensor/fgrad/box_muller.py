@@ -1,10 +1,10 @@
 """float32 N(0, 1) pairs from raw 32-bit words (Box-Muller), one algorithm run two ways.
 
-:func:`transform_numpy` runs it as NumPy array passes; :func:`transform` runs the same float32 operations,
-in the same order and without fused multiply-adds, compiled by numba (the ``numba`` extra) as a few fused
-loops over cache-sized blocks, and falls back to NumPy without it (``bench/sampling.py --transform-ab``
-times both). Both give the same numbers bit for bit, so a seed draws the same tangents whether numba is
-installed or not.
+:func:`transform_arrays` runs it as array passes (NumPy, or CuPy); :func:`transform` runs the same float32
+operations, in the same order and without fused multiply-adds, compiled by numba (the ``numba`` extra) as
+a few fused loops over cache-sized blocks for NumPy arrays, and falls back to the passes without it
+(``bench/sampling.py --transform-ab`` times both). All give the same numbers bit for bit, so a seed draws
+the same tangents whether numba is installed or not.
 
 Word i of the first half gives a uniform U = 2 - f in (0, 1] (f on [1, 2) from its top 23 bits) and the
 radius sqrt(-2 ln U) <= sqrt(46 ln 2) ~ 5.65; word i of the second half gives the angle: its top two bits
@@ -14,12 +14,13 @@ polynomials for sin and cos on [-pi/4, pi/4] and for ln (Moshier, Cephes Math Li
 """
 from __future__ import annotations
 
-import functools
 import math
-import os
 from typing import Any, Callable
 
 import numpy as np
+
+from .. import jit
+from ..backend import get_xp, is_cupy
 
 f32, u32, i32 = np.float32, np.uint32, np.int32
 
@@ -37,21 +38,25 @@ _SHIFT, _EXP_SHIFT, _QUARTER_SHIFT, _TWO_BITS = u32(9), u32(23), u32(30), u32(2)
 _ONE_BITS, _MANTISSA, _HALF_BITS, _SIGN_SHIFT, _BIAS = (
     u32(0x3F800000), u32(0x7FFFFF), u32(0x3F000000), u32(31), i32(126))
 
-COMPILED_MIN = 1 << 14  # pairs below which numba is not even imported (the NumPy passes are as fast)
+COMPILED_MIN = 1 << 14  # pairs below which numba is not even imported (the array passes are as fast)
+_PASS_BLOCK = 1 << 14  # pairs per block of NumPy passes (64 KB temporaries, in cache and off mmap)
 
 
-_NUMPY_BLOCK = 1 << 14  # pairs per block of NumPy passes (64 KB temporaries, in cache and off mmap)
+def transform_arrays(w: Any, out: Any) -> None:
+    """The transform as array passes (NumPy, in cache-sized blocks, or CuPy, whole): ``out[..., :m]`` and
+    ``out[..., m:]`` (float32) = the pairs of the uint32 words ``w`` (same shape (..., 2m), not modified):
+    word i of a row and word m + i give the row's outputs i and m + i."""
+    m = w.shape[-1] // 2
+    w2, o2 = w.reshape(-1, 2 * m), out.reshape(-1, 2 * m)
+    rows, cols = (len(w2), m) if is_cupy(w) else (max(1, _PASS_BLOCK // m), min(m, _PASS_BLOCK))
+    for r in range(0, len(w2), rows):
+        wb, ob = w2[r:r + rows], o2[r:r + rows]
+        for c in range(0, m, cols):
+            e = min(m, c + cols)
+            _passes(wb[:, c:e], wb[:, m + c:m + e], ob[:, c:e], ob[:, m + c:m + e])
 
 
-def transform_numpy(w: np.ndarray, o1: np.ndarray, o2: np.ndarray) -> None:
-    """o1, o2 (float32, m) = the normal pairs of the 2m uint32 words ``w`` (not modified), as NumPy passes."""
-    m = len(o1)
-    for s in range(0, m, _NUMPY_BLOCK):
-        e = min(m, s + _NUMPY_BLOCK)
-        _numpy_block(w[s:e], w[m + s:m + e], o1[s:e], o2[s:e])
-
-
-def _horner(x: np.ndarray, coefficients: tuple) -> np.ndarray:
+def _horner(x: Any, coefficients: tuple) -> Any:
     """(...(c0 x + c1) x + ...) x + cn, a new array, in the kernel's order of operations."""
     y = coefficients[0] * x
     for c in coefficients[1:-1]:
@@ -61,13 +66,14 @@ def _horner(x: np.ndarray, coefficients: tuple) -> np.ndarray:
     return y
 
 
-def _numpy_block(wr: np.ndarray, t: np.ndarray, o1: np.ndarray, o2: np.ndarray) -> None:
+def _passes(wr: Any, t: Any, o1: Any, o2: Any) -> None:
+    xp = get_xp(wr, o1)
     # radius: U = 2 - f, then ln U = e ln 2 + ln x with x in [sqrt(1/2), sqrt(2))
     bits = o1.view(u32)
-    np.right_shift(wr, _SHIFT, out=bits)
+    xp.right_shift(wr, _SHIFT, out=bits)
     bits |= _ONE_BITS
     x = o1
-    np.subtract(_TWO, x, out=x)  # U in (0, 1], exact
+    xp.subtract(_TWO, x, out=x)  # U in (0, 1], exact
     e = (bits >> _EXP_SHIFT).view(i32)
     e -= _BIAS  # U = m 2^e with m in [1/2, 1)
     bits &= _MANTISSA
@@ -88,7 +94,7 @@ def _numpy_block(wr: np.ndarray, t: np.ndarray, o1: np.ndarray, o2: np.ndarray) 
     y += x
     y += _Q2 * ef
     y *= _MINUS_TWO
-    r = np.sqrt(y, out=y)
+    r = xp.sqrt(y, out=y)
     # angle: quadrant q and offset x on [-pi/4, pi/4)
     q = t >> _QUARTER_SHIFT
     g = t << _TWO_BITS
@@ -109,88 +115,88 @@ def _numpy_block(wr: np.ndarray, t: np.ndarray, o1: np.ndarray, o2: np.ndarray) 
     c += _ONE
     # (a, b) = (c, s) turned q quarter turns: swapped for odd q, signs flipped as bits (exact)
     sb, cb = s.view(u32), c.view(u32)
-    swap = np.negative(q & u32(1))  # all ones where q is odd
+    swap = xp.negative(q & u32(1))  # all ones where q is odd
     diff = (sb ^ cb) & swap
     cb ^= diff
     sb ^= diff
     cb ^= (((q + u32(1)) >> u32(1)) & u32(1)) << _SIGN_SHIFT  # q = 1, 2: cos turns negative
     sb ^= (q >> u32(1)) << _SIGN_SHIFT  # q = 2, 3: sin turns negative
-    np.multiply(r, c, out=o1)
-    np.multiply(r, s, out=o2)
+    xp.multiply(r, c, out=o1)
+    xp.multiply(r, s, out=o2)
 
 
 _BLOCK = 2048  # pairs per pass of the compiled kernel (its scratch stays in L1)
 
 
-def _kernel(w, o1, o2):  # pragma: no cover - compiled by numba: transform_numpy's operations, pass by pass
-    m = o1.shape[0]
+def _kernel(w, out):  # pragma: no cover - compiled by numba: _passes' operations, block by block
+    m = w.shape[1] // 2
     bits = np.empty(_BLOCK, np.uint32)
     e = np.empty(_BLOCK, np.int32)
     x = bits.view(np.float32)
-    for s0 in range(0, m, _BLOCK):
-        n = min(_BLOCK, m - s0)
-        # block views, indexed from 0: numba cannot prove s0 + i >= 0, and its wrap-around check blocks SIMD
-        wr, wt, r1, r2 = w[s0:s0 + n], w[m + s0:m + s0 + n], o1[s0:s0 + n], o2[s0:s0 + n]
-        for i in range(n):
-            bits[i] = (wr[i] >> _SHIFT) | _ONE_BITS
-        for i in range(n):
-            x[i] = _TWO - x[i]
-        for i in range(n):
-            b = bits[i]
-            e[i] = i32(b >> _EXP_SHIFT) - _BIAS
-            bits[i] = (b & _MANTISSA) | _HALF_BITS
-        for i in range(n):
-            v = x[i]
-            small = v < _SQRT_HALF
-            ei = e[i] - i32(1) if small else e[i]
-            v = (v + v - _ONE) if small else (v - _ONE)
-            z = v * v
-            y = _L0 * v + _L1
-            y = y * v + _L2
-            y = y * v + _L3
-            y = y * v + _L4
-            y = y * v + _L5
-            y = y * v + _L6
-            y = y * v + _L7
-            y = y * v + _L8
-            y = y * v * z
-            ef = f32(ei)
-            y = y + _Q1 * ef
-            y = y - _HALF * z
-            y = y + v
-            y = y + _Q2 * ef
-            r1[i] = np.sqrt(y * _MINUS_TWO)
-        for i in range(n):
-            bits[i] = ((wt[i] << _TWO_BITS) >> _SHIFT) | _ONE_BITS
-        for i in range(n):
-            q = wt[i] >> _QUARTER_SHIFT
-            v = (x[i] - _THREE_HALVES) * _HALF_PI
-            z = v * v
-            sn = ((_S1 * z + _S2) * z + _S3) * z * v + v
-            cs = ((_C1 * z + _C2) * z + _C3) * z * z - _HALF * z + _ONE
-            odd = (q & u32(1)) != u32(0)
-            a = sn if odd else cs
-            b = cs if odd else sn
-            a = -a if (q == u32(1) or q == u32(2)) else a
-            b = -b if q >= u32(2) else b
-            r = r1[i]
-            r1[i] = r * a
-            r2[i] = r * b
+    for row in range(w.shape[0]):
+        wrow, orow = w[row], out[row]
+        for s0 in range(0, m, _BLOCK):
+            n = min(_BLOCK, m - s0)
+            # block views, indexed from 0: numba cannot prove s0 + i >= 0, and its wrap-around check blocks SIMD
+            wr, wt, r1, r2 = wrow[s0:s0 + n], wrow[m + s0:m + s0 + n], orow[s0:s0 + n], orow[m + s0:m + s0 + n]
+            for i in range(n):
+                bits[i] = (wr[i] >> _SHIFT) | _ONE_BITS
+            for i in range(n):
+                x[i] = _TWO - x[i]
+            for i in range(n):
+                b = bits[i]
+                e[i] = i32(b >> _EXP_SHIFT) - _BIAS
+                bits[i] = (b & _MANTISSA) | _HALF_BITS
+            for i in range(n):
+                v = x[i]
+                small = v < _SQRT_HALF
+                ei = e[i] - i32(1) if small else e[i]
+                v = (v + v - _ONE) if small else (v - _ONE)
+                z = v * v
+                y = _L0 * v + _L1
+                y = y * v + _L2
+                y = y * v + _L3
+                y = y * v + _L4
+                y = y * v + _L5
+                y = y * v + _L6
+                y = y * v + _L7
+                y = y * v + _L8
+                y = y * v * z
+                ef = f32(ei)
+                y = y + _Q1 * ef
+                y = y - _HALF * z
+                y = y + v
+                y = y + _Q2 * ef
+                r1[i] = np.sqrt(y * _MINUS_TWO)
+            for i in range(n):
+                bits[i] = ((wt[i] << _TWO_BITS) >> _SHIFT) | _ONE_BITS
+            for i in range(n):
+                q = wt[i] >> _QUARTER_SHIFT
+                v = (x[i] - _THREE_HALVES) * _HALF_PI
+                z = v * v
+                sn = ((_S1 * z + _S2) * z + _S3) * z * v + v
+                cs = ((_C1 * z + _C2) * z + _C3) * z * z - _HALF * z + _ONE
+                odd = (q & u32(1)) != u32(0)
+                a = sn if odd else cs
+                b = cs if odd else sn
+                a = -a if (q == u32(1) or q == u32(2)) else a
+                b = -b if q >= u32(2) else b
+                r = r1[i]
+                r1[i] = r * a
+                r2[i] = r * b
 
 
-@functools.cache
-def compiled() -> Callable[[np.ndarray, np.ndarray, np.ndarray], None] | None:
-    """The numba-compiled transform, or None without numba (or with ``DUALTENSOR_NUMBA=0``)."""
-    if os.environ.get("DUALTENSOR_NUMBA", "1") == "0":
-        return None
-    try:
-        import numba
-    except ImportError:
-        return None
-    return numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")(_kernel)
+def compiled() -> Callable[[np.ndarray, np.ndarray], None] | None:
+    """The numba-compiled transform of (R, 2m) words into (R, 2m) outputs, or None (:mod:`dualtensor.jit`)."""
+    return jit.compile(_kernel)
 
 
-def transform(w: Any, o1: Any, o2: Any) -> None:
-    """o1, o2 = the normal pairs of the 2m uint32 words ``w``: compiled when numba is there, else NumPy."""
-    fn = compiled() if len(o1) >= COMPILED_MIN else None
-    (fn or transform_numpy)(w, o1, o2)
+def transform(w: Any, out: Any) -> None:
+    """``out[..., :m]``, ``out[..., m:]`` = the normal pairs of the uint32 words ``w`` (..., 2m), as
+    :func:`transform_arrays` says: compiled for NumPy arrays when numba is there, else array passes."""
+    fn = compiled() if not is_cupy(w) and w.size >= 2 * COMPILED_MIN else None
+    if fn is None:
+        transform_arrays(w, out)
+    else:
+        m2 = w.shape[-1]
+        fn(w.reshape(-1, m2), out.reshape(-1, m2))

@@ -101,7 +101,7 @@ def _normal_float32_numpy(gen: np.random.Generator, count: int) -> np.ndarray:
         for s in range(0, count, 2 * _BM_CHUNK):
             m = (min(count, s + 2 * _BM_CHUNK) - s + 1) // 2  # pairs in this chunk
             u = gen.bit_generator.random_raw(m).view(np.uint32)  # 2m words, drawn in order
-            yield functools.partial(box_muller.transform, u, out[s:s + m], out[s + m:s + 2 * m])
+            yield functools.partial(box_muller.transform, u, out[s:s + 2 * m])
 
     if box_muller.compiled() is None:  # NumPy's short passes gain nothing from threads (the GIL)
         for task in chunks():

@@ -7,12 +7,13 @@ of activity perturbation). Word ``w`` of a stream is SplitMix64's output for the
 word, or any sample rows of a tangent, without the rest and without moving it. This is what lets
 MPI ranks split the tangents (or the batch) of a step and still use exactly the tangents of a
 one-process run. The same array code runs on NumPy and CuPy (on a GPU the tangents are made on
-the device). On the CPU, one thread, a float32 keyed normal costs 3.5 ns against 2.7-4.5 ns from
-a NumPy generator, a float64 one 22 ns against 11 (``bench/sampling.py``; bench/results/sampling.md).
+the device); float32 normals go through :mod:`.box_muller` (compiled by numba on the CPU where it is
+installed), the same numbers on both. Costs: ``bench/sampling.py`` (``normal (keyed)`` rows).
 
 Layout (normal): outputs come in chunks of 8192; chunk ``c`` is made from 4096 words (float32:
-two 23-bit uniforms per word) or 8192 words (float64: one 53-bit uniform per word) by Box-Muller,
-the first 4096 outputs ``r cos t``, the next 4096 ``r sin t``. Rademacher: output ``e`` is bit
+two 32-bit halves per word, :mod:`.box_muller`'s transform of the chunk's 8192 of them) or 8192 words
+(float64: one 53-bit uniform per word, Box-Muller with xp's log, cos and sin), the first 4096
+outputs ``r cos t``, the next 4096 ``r sin t``. Rademacher: output ``e`` is bit
 ``e % 64`` of word ``e // 64``. Structured samplers (orthonormal, basis, cone, ...) couple the
 tangents, so they draw the whole set from one generator seeded by ``(seed, TAG, s)`` and any
 subset is sliced from it (every process draws everything: a cost the i.i.d. samplers avoid).
@@ -25,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from .. import jit
 from ..backend import run_parallel
+from . import box_muller
 from .samplers import get_sampler, is_iid, normal, rademacher
 
 __all__ = ["KeyedTangents", "BlockDraw", "keyed_entries", "stream_key", "parallel_keys", "TAG"]
@@ -59,10 +62,28 @@ def stream_key(seed: int, step: int, tangent: int, part: int) -> int:
     return h
 
 
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+
+
+def _words_kernel(keys, first, x):  # pragma: no cover - compiled by numba: _words' arithmetic, exact
+    base = np.uint64(first + 1)
+    for t in range(x.shape[0]):
+        key, row = keys[t], x[t]
+        for j in range(x.shape[1]):
+            v = (base + np.uint64(j)) * _GOLDEN + key
+            v = (v ^ (v >> _S30)) * _M1
+            v = (v ^ (v >> _S27)) * _M2
+            row[j] = v ^ (v >> _S31)
+
+
 def _words(keys: Any, first: int, count: int, xp: Any) -> Any:
     """Words ``first .. first + count`` of the streams ``keys`` (uint64 (T,)): (T, count) uint64,
-    SplitMix64 on the counter."""
+    SplitMix64 on the counter (compiled on NumPy where numba is there: integer arithmetic, the same words)."""
     x = xp.empty((len(keys), count), dtype=xp.uint64)
+    kernel = jit.compile(_words_kernel) if xp is np and x.size >= 1 << 12 else None
+    if kernel is not None:
+        kernel(keys, first, x)
+        return x
     x[...] = xp.arange(first + 1, first + 1 + count, dtype=xp.uint64)
     x *= _GOLDEN  # modulo 2**64
     x += keys[:, None]
@@ -75,18 +96,58 @@ def _words(keys: Any, first: int, count: int, xp: Any) -> Any:
     return x
 
 
-def _uniforms(keys: Any, first: int, count: int, dtype: np.dtype, xp: Any) -> Any:
-    """Uniforms ``first .. first + count`` (T, count) of the streams on [1, 2) (float32: 23-bit,
-    two from each word) or [0, 1) (float64: 53-bit, one from each word)."""
-    if dtype == np.float32:
-        w0 = first // 2
-        u = _words(keys, w0, -(-(first + count) // 2) - w0, xp).view(xp.uint32)
-        u >>= np.uint32(9)
-        u |= np.uint32(0x3F800000)
-        return u.view(xp.float32)[:, first - 2 * w0:first - 2 * w0 + count]
+def _raw32(keys: Any, first: int, count: int, xp: Any) -> Any:
+    """32-bit words ``first .. first + count`` of the streams ``keys`` (two from each 64-bit word): (T, count)."""
+    w0 = first // 2
+    u = _words(keys, w0, -(-(first + count) // 2) - w0, xp).view(xp.uint32)
+    return u[:, first - 2 * w0:first - 2 * w0 + count]
+
+
+def _uniforms64(keys: Any, first: int, count: int, xp: Any) -> Any:
+    """53-bit uniforms on [0, 1), ``first .. first + count`` (T, count), one from each word of the streams."""
     f = (_words(keys, first, count, xp) >> np.uint64(11)).astype(xp.float64)
     f *= 2.0 ** -53
     return f
+
+
+def _radius64(u: Any, xp: Any) -> Any:
+    """The Rayleigh radius sqrt(-2 ln(1 - u)) of uniforms u on [0, 1), in place."""
+    xp.subtract(1.0, u, out=u)  # (0, 1]
+    xp.log(u, out=u)
+    u *= -2.0
+    return xp.sqrt(u, out=u)
+
+
+def _pairs(keys: Any, first: int, count: int, dtype: np.dtype, xp: Any) -> tuple[Any, Any]:
+    """(r cos t, r sin t) of ``count`` pairs from uniform ``first`` (radii) and ``first + _HALF`` (angles) on:
+    float32 by :mod:`.box_muller` from the raw words, float64 with xp's log, cos and sin."""
+    if dtype == np.float32:
+        w = xp.concatenate([_raw32(keys, first, count, xp), _raw32(keys, first + _HALF, count, xp)], axis=1)
+        out = xp.empty(w.shape, dtype=np.float32)
+        box_muller.transform(w, out)
+        return out[:, :count], out[:, count:]
+    r = _radius64(_uniforms64(keys, first, count, xp), xp)
+    t = _uniforms64(keys, first + _HALF, count, xp)
+    t *= _TWO_PI  # angle on [0, 2 pi)
+    return r * xp.cos(t), r * xp.sin(t)
+
+
+def _whole_chunks(keys: Any, c: int, m: int, dtype: np.dtype, xp: Any) -> Any:
+    """Chunks ``c .. c + m`` of the streams, every pair: (T, m * _CHUNK)."""
+    if dtype == np.float32:
+        w = _raw32(keys, c * _CHUNK, m * _CHUNK, xp).reshape(len(keys) * m, _CHUNK)
+        out = xp.empty(w.shape, dtype=np.float32)
+        box_muller.transform(w, out)
+        return out.reshape(len(keys), -1)
+    u = _uniforms64(keys, c * _CHUNK, m * _CHUNK, xp).reshape(len(keys), m, 2, _HALF)
+    r, t = _radius64(u[:, :, 0], xp), u[:, :, 1]
+    t *= _TWO_PI
+    out = xp.empty((len(keys), m, 2, _HALF), dtype=dtype)
+    xp.cos(t, out=out[:, :, 0])
+    xp.sin(t, out=out[:, :, 1])
+    out[:, :, 0] *= r
+    out[:, :, 1] *= r
+    return out.reshape(len(keys), -1)
 
 
 def _normal(keys: Any, c: int, a: int, b: int, dtype: np.dtype, xp: Any) -> Any:
@@ -97,35 +158,15 @@ def _normal(keys: Any, c: int, a: int, b: int, dtype: np.dtype, xp: Any) -> Any:
     """
     m = -(-b // _CHUNK)
     if m > 1 or (a == 0 and b == _CHUNK):  # whole chunks: every pair
-        U = _uniforms(keys, c * _CHUNK, m * _CHUNK, dtype, xp).reshape(len(keys), m, 2, _HALF)
-        r, t = U[:, :, 0], U[:, :, 1]
-        q = (0, _HALF)
-    else:  # part of one chunk: the pairs of outputs a..b
-        cos_q = (a, min(b, _HALF)) if a < _HALF else None
-        sin_q = (max(a, _HALF) - _HALF, b - _HALF) if b > _HALF else None
-        q = (min(x[0] for x in (cos_q, sin_q) if x), max(x[1] for x in (cos_q, sin_q) if x))
-        r = _uniforms(keys, c * _CHUNK + q[0], q[1] - q[0], dtype, xp)[:, None]
-        t = _uniforms(keys, c * _CHUNK + _HALF + q[0], q[1] - q[0], dtype, xp)[:, None]
-    xp.subtract(dtype.type(2 if dtype == np.float32 else 1), r, out=r)  # (0, 1]
-    if dtype == np.float32:
-        t -= np.float32(1)  # [0, 1)
-    xp.log(r, out=r)
-    r *= dtype.type(-2)
-    xp.sqrt(r, out=r)  # Rayleigh radius
-    t *= dtype.type(_TWO_PI)  # angle on [0, 2 pi)
-    if q == (0, _HALF):
-        out = xp.empty((len(keys), r.shape[1], 2, _HALF), dtype=dtype)
-        xp.cos(t, out=out[:, :, 0])
-        xp.sin(t, out=out[:, :, 1])
-        out[:, :, 0] *= r
-        out[:, :, 1] *= r
-        return out.reshape(len(keys), -1)[:, a:b]
+        return _whole_chunks(keys, c, m, dtype, xp)[:, a:b]
+    spans = ([(a, min(b, _HALF))] if a < _HALF else []) + ([(max(a, _HALF) - _HALF, b - _HALF)] if b > _HALF else [])
+    lo, hi = min(x for x, _ in spans), max(y for _, y in spans)  # the pairs of the cosines and sines wanted
+    cos, sin = _pairs(keys, c * _CHUNK + lo, hi - lo, dtype, xp)
     parts = []
     if a < _HALF:
-        parts.append(r[:, 0, a - q[0]:min(b, _HALF) - q[0]] * xp.cos(t[:, 0, a - q[0]:min(b, _HALF) - q[0]]))
+        parts.append(cos[:, a - lo:min(b, _HALF) - lo])
     if b > _HALF:
-        lo = max(a, _HALF) - _HALF
-        parts.append(r[:, 0, lo - q[0]:b - _HALF - q[0]] * xp.sin(t[:, 0, lo - q[0]:b - _HALF - q[0]]))
+        parts.append(sin[:, max(a, _HALF) - _HALF - lo:b - _HALF - lo])
     return parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=1)
 
 
