@@ -103,7 +103,9 @@ def _normal_float32_numpy(gen: np.random.Generator, count: int) -> np.ndarray:
             u = gen.bit_generator.random_raw(m).view(np.uint32)  # 2m words, drawn in order
             yield functools.partial(box_muller.transform, u, out[s:s + 2 * m])
 
-    if box_muller.compiled() is None:  # NumPy's short passes gain nothing from threads (the GIL)
+    # one chunk runs inline anyway (and a small one must not import numba); NumPy's short passes gain
+    # nothing from threads (the GIL)
+    if count <= 2 * _BM_CHUNK or box_muller.compiled() is None:
         for task in chunks():
             task()
     else:
