@@ -5,8 +5,10 @@
   batched/flat choice conv2d makes by output size), and oneDNN's direct convolutions (``onednn``, where
   the onednn extra is installed), for the primal, the JVP of k input tangents and the VJP (input and
   weight), interleaved.
-* pool: max_pool2d (running maximum over strided slices, bit-mask selection) against the window-last
-  argmax it replaced (im2col copy, argmax, int64 positions, one gather), written out here as reference.
+* pool: max_pool2d (running maximum over strided slices, bit-mask selection: ``arrays``) against the
+  window-last argmax it replaced (im2col copy, argmax, int64 positions, one gather), written out here as
+  reference; and the compiled one-pass kernels (``compiled``, 2 x 2 windows, the numba extra) against
+  ``arrays`` for the primal, the JVP and the VJP (a taped forward and its pullback).
 
     python bench/kernels.py [--batch 64] [--k 4] [--repeats 7] [--threads 1] [--json PATH]
 
@@ -28,7 +30,9 @@ import _timing as T
 import dualtensor as dt
 from dualtensor.allocator import heap_arrays
 from dualtensor import onednn
+from dualtensor import jit
 from dualtensor.ops import conv as conv_mod
+from dualtensor.ops import pool_kernels
 
 # (name, input (C, H, W), output channels): 3x3, padding 1, stride 1
 CONV_LAYERS = [("cnn conv1", (1, 28, 28), 64), ("cnn conv2", (64, 28, 28), 64), ("cnn conv3/4", (64, 14, 14), 64),
@@ -36,6 +40,7 @@ CONV_LAYERS = [("cnn conv1", (1, 28, 28), 64), ("cnn conv2", (64, 28, 28), 64), 
                ("resnet cifar-stem stage3", (256, 8, 8), 256), ("resnet stage1 (imagenet stem)", (64, 8, 8), 64),
                ("resnet stage2 (imagenet stem)", (128, 4, 4), 128)]
 CONV_VARIANTS = ("shift", "im2col") + (("onednn",) if onednn.available() else ())
+POOL_VARIANTS = ("arrays",) + (("compiled",) if jit.available() else ())
 POOL_LAYERS = [("cnn pool1", (64, 28, 28), 2, 2, 0), ("cnn pool2", (64, 14, 14), 2, 2, 0),
                ("resnet stem pool", (64, 32, 32), 3, 2, 1)]
 
@@ -77,6 +82,18 @@ def conv_steps(shape: tuple, out_ch: int, batch: int, k: int, rng) -> dict:
     return steps
 
 
+@contextlib.contextmanager
+def pool_variant(name: str):
+    """``compiled``: max_pool2d as it runs (the compiled kernels where they apply); ``arrays``: never."""
+    usable = pool_kernels.usable
+    if name == "arrays":
+        pool_kernels.usable = lambda *a: False
+    try:
+        yield
+    finally:
+        pool_kernels.usable = usable
+
+
 def reference_max_pool(x, kernel: int, stride: int, pad: int, t=None):
     """The previous max_pool2d: window-last im2col copy, argmax, int64 flat positions, one gather of t."""
     from dualtensor.ops.conv import _pad, _windows
@@ -102,10 +119,25 @@ def pool_steps(shape: tuple, kernel: int, stride: int, pad: int, batch: int, k: 
     x = x.transpose(0, 3, 1, 2)
     t = np.ascontiguousarray(rng.standard_normal((k, batch, shape[1], shape[2], shape[0])).astype(np.float32))
     t = t.transpose(0, 1, 4, 2, 3)
-    return {("primal", "new"): lambda: dt.max_pool2d(x, kernel, stride, pad),
-            ("primal", "reference"): lambda: reference_max_pool(x, kernel, stride, pad),
-            ("jvp", "new"): lambda: dt.max_pool2d(dt.DualTensor(x, t), kernel, stride, pad),
-            ("jvp", "reference"): lambda: reference_max_pool(x, kernel, stride, pad, t)}
+    g = rng.standard_normal(dt.max_pool2d(x, kernel, stride, pad).shape).astype(np.float32)
+
+    def vjp():
+        _, pullback = dt.vjp(lambda a: dt.max_pool2d(a, kernel, stride, pad), x)
+        return pullback(g)
+
+    def in_variant(name, fn):
+        def run():
+            with pool_variant(name):
+                return fn()
+        return run
+
+    steps = {("primal", "reference"): lambda: reference_max_pool(x, kernel, stride, pad),
+             ("jvp", "reference"): lambda: reference_max_pool(x, kernel, stride, pad, t)}
+    for name in POOL_VARIANTS:
+        steps[("primal", name)] = in_variant(name, lambda: dt.max_pool2d(x, kernel, stride, pad))
+        steps[("jvp", name)] = in_variant(name, lambda: dt.max_pool2d(dt.DualTensor(x, t), kernel, stride, pad))
+        steps[("vjp", name)] = in_variant(name, vjp)
+    return steps
 
 
 def measure(steps: dict, repeats: int) -> dict:
@@ -132,15 +164,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=4, help="tangents of the JVP rows")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1, help="BLAS threads")
+    ap.add_argument("--parts", default="conv,pool", help="comma list from conv,pool")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    parts = set(args.parts.split(","))
+    if not parts or parts - {"conv", "pool"}:
+        ap.error(f"--parts: a comma list from conv,pool, got {args.parts!r}")
     T.limit_threads(args.threads)
     heap_arrays()
     rng = np.random.default_rng(0)
     conv_rows = [(name, measure(conv_steps(shape, o, args.batch, args.k, rng), args.repeats))
-                 for name, shape, o in CONV_LAYERS]
+                 for name, shape, o in CONV_LAYERS] if "conv" in parts else []
     pool_rows = [(name, measure(pool_steps(shape, kk, s, p, args.batch, args.k, rng), args.repeats))
-                 for name, shape, kk, s, p in POOL_LAYERS]
+                 for name, shape, kk, s, p in POOL_LAYERS] if "pool" in parts else []
+    if conv_rows:
+        print_conv(conv_rows, args)
+    if pool_rows:
+        print_pool(pool_rows, args)
+    path = args.json or Path(__file__).with_name("results") / f"kernels-{args.threads}t.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                "environment": T.environment(np), "conv": dict(conv_rows),
+                                "pool": dict(pool_rows)}, indent=1))
+    return 0
+
+
+def print_conv(conv_rows: list, args: argparse.Namespace) -> None:
     print(f"conv2d 3x3 padding 1, batch {args.batch}, k = {args.k}, {args.threads} BLAS thread(s), min of "
           f"{args.repeats}\n")
     print(table("layer", conv_rows, ("shift", "im2col"), ("primal", "jvp", "vjp")))
@@ -149,14 +198,17 @@ def main(argv: list[str] | None = None) -> int:
         print(table("layer", conv_rows, ("onednn", "shift"), ("primal", "jvp", "vjp")))
     else:
         print("\noneDNN not installed (the onednn extra): its column is left out")
+
+
+def print_pool(pool_rows: list, args: argparse.Namespace) -> None:
     print(f"\nmax_pool2d, channels-last input, batch {args.batch}, k = {args.k}\n")
-    print(table("layer", pool_rows, ("new", "reference"), ("primal", "jvp")))
-    path = args.json or Path(__file__).with_name("results") / f"kernels-{args.threads}t.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                "environment": T.environment(np), "conv": dict(conv_rows),
-                                "pool": dict(pool_rows)}, indent=1))
-    return 0
+    print(table("layer", pool_rows, ("arrays", "reference"), ("primal", "jvp")))
+    if "compiled" in POOL_VARIANTS:
+        print(f"\nmax_pool2d compiled (numba; 2 x 2 windows only, the others run the arrays) against arrays, "
+              f"{args.threads} thread(s)\n")
+        print(table("layer", pool_rows, ("compiled", "arrays"), ("primal", "jvp", "vjp")))
+    else:
+        print("\nnumba not installed (the numba extra): the compiled max-pool column is left out")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ All take (N, C, H, W) or unbatched (C, H, W) input and pool the last two axes, w
   windows one gather at the winners' positions. VJP: the cotangent written (added,
   for overlapping windows) into each offset's slice where it won. No im2col copy and no int64 positions;
   the input's memory layout carries through (against the window-last argmax it replaced, A/B per layer in
-  bench/kernels.py, bench/results/kernels-1t.md).
+  bench/kernels.py, bench/results/kernels-1t.md). 2 x 2 windows on channels-last NumPy input (oneDNN's
+  convolutions give it) go to compiled one-pass kernels (:mod:`.pool_kernels`, the numba extra; the same
+  bits).
 * avg_pool2d: a sum of kh*kw strided slices divided by the window count; linear, so the JVP is the
   same map applied to the whole (k, ...) tangent stack and the VJP is col2im of the scaled cotangent.
 * adaptive_avg_pool2d: torch's windows start = floor(i*In/Out), end = ceil((i+1)*In/Out); a reshape +
@@ -21,6 +23,7 @@ from typing import Any
 
 from ..backend import get_xp as _xp
 from ..core import Primitive
+from . import pool_kernels
 from .conv import _check_float, _col2im, _offsets, _pad, _pair, _shape_of, _unpad, _windows
 
 __all__ = ["max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"]
@@ -73,6 +76,9 @@ def _max_pool2d_impl(x, *, kernel, stride, pads, dilation, winners=True):
     xp = _xp(x)
     xpad = _pad(x, pads, -float("inf"))
     out_hw = _windows(xpad, kernel, stride, dilation).shape[-2:]
+    if pool_kernels.usable(x, kernel, stride, pads, dilation):
+        best, arg = pool_kernels.max_with_winners(x, kernel, stride, out_hw, _arg_dtype(xp, kernel))
+        return best, arg if winners else None
     best = arg = None
     for n, (_, _, (rs, cs)) in enumerate(_offsets(kernel, stride, dilation, out_hw)):
         s = xpad[..., rs, cs]
@@ -80,7 +86,7 @@ def _max_pool2d_impl(x, *, kernel, stride, pads, dilation, winners=True):
             best = xp.empty_like(s)  # the input's memory layout (channels-last stays so)
             best[...] = s
             if winners:
-                arg = xp.zeros_like(best, dtype=xp.uint8 if kernel[0] * kernel[1] < 256 else xp.int32)
+                arg = xp.zeros_like(best, dtype=_arg_dtype(xp, kernel))
             continue
         if not winners:
             xp.maximum(best, s, out=best)
@@ -92,6 +98,10 @@ def _max_pool2d_impl(x, *, kernel, stride, pads, dilation, winners=True):
         xp.maximum(arg, win * arg.dtype.type(n), out=arg)
         xp.maximum(best, s, out=best)
     return best, arg
+
+
+def _arg_dtype(xp: Any, kernel: tuple) -> Any:
+    return xp.uint8 if kernel[0] * kernel[1] < 256 else xp.int32
 
 
 def _bits(a: Any) -> Any:
@@ -128,6 +138,8 @@ def _max_pool2d_jvp(tangents, ans, x, *, kernel, stride, pads, dilation):
         # bench/results/kernels-1t.md)
         flat = _winner_positions(arg, x, kernel, stride, pads, dilation)
         return xp.take(t.reshape(t.shape[0], -1), flat, axis=1)
+    if pool_kernels.usable(x, kernel, stride, pads, dilation):
+        return pool_kernels.pick(t, arg, kernel, stride)
     res = bits = None
     for n, (_, _, (rs, cs)) in enumerate(_offsets(kernel, stride, dilation, arg.shape[-2:])):
         s = _bits(t[..., rs, cs])
@@ -148,6 +160,8 @@ def _overlapping(kernel: tuple, stride: tuple, dilation: tuple) -> bool:
 
 def _max_pool2d_vjp(g, ans, x, *, kernel, stride, pads, dilation):
     xp, arg = _xp(g), ans[1]
+    if pool_kernels.usable(x, kernel, stride, pads, dilation):
+        return pool_kernels.scatter(g, arg, x.shape, kernel, stride)
     hw = x.shape[-2:]
     if any(map(sum, pads)):
         gx = xp.zeros(x.shape[:-2] + (hw[0] + sum(pads[0]), hw[1] + sum(pads[1])), dtype=g.dtype)
