@@ -77,7 +77,7 @@ def _max_pool2d_impl(x, *, kernel, stride, pads, dilation, winners=True):
     xpad = _pad(x, pads, -float("inf"))
     out_hw = _windows(xpad, kernel, stride, dilation).shape[-2:]
     if pool_kernels.usable(x, kernel, stride, pads, dilation):
-        best, arg = pool_kernels.max_with_winners(x, kernel, stride, out_hw, _arg_dtype(xp, kernel))
+        best, arg = pool_kernels.max_with_winners(x, stride, out_hw, _arg_dtype(xp, kernel))
         return best, arg if winners else None
     best = arg = None
     for n, (_, _, (rs, cs)) in enumerate(_offsets(kernel, stride, dilation, out_hw)):
@@ -139,7 +139,7 @@ def _max_pool2d_jvp(tangents, ans, x, *, kernel, stride, pads, dilation):
         flat = _winner_positions(arg, x, kernel, stride, pads, dilation)
         return xp.take(t.reshape(t.shape[0], -1), flat, axis=1)
     if pool_kernels.usable(x, kernel, stride, pads, dilation):
-        return pool_kernels.pick(t, arg, kernel, stride)
+        return pool_kernels.pick(t, arg, stride)
     res = bits = None
     for n, (_, _, (rs, cs)) in enumerate(_offsets(kernel, stride, dilation, arg.shape[-2:])):
         s = _bits(t[..., rs, cs])
@@ -161,7 +161,7 @@ def _overlapping(kernel: tuple, stride: tuple, dilation: tuple) -> bool:
 def _max_pool2d_vjp(g, ans, x, *, kernel, stride, pads, dilation):
     xp, arg = _xp(g), ans[1]
     if pool_kernels.usable(x, kernel, stride, pads, dilation):
-        return pool_kernels.scatter(g, arg, x.shape, kernel, stride)
+        return pool_kernels.scatter(g, arg, x.shape, stride)
     hw = x.shape[-2:]
     if any(map(sum, pads)):
         gx = xp.zeros(x.shape[:-2] + (hw[0] + sum(pads[0]), hw[1] + sum(pads[1])), dtype=g.dtype)

@@ -93,38 +93,38 @@ def _in_slices(n: int, call: Callable[[int, int], None], lead: int = 1) -> None:
                  for a in range(lead) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo)
 
 
-def _batch_last_channels(xp: Any, n: int, hw: tuple, c: int, dtype: Any, lead: tuple = ()) -> Any:
+def _empty_channels_last(xp: Any, n: int, hw: tuple, c: int, dtype: Any, lead: tuple = ()) -> Any:
     """An uninitialised (*lead, N, H, W, C) array: channels-last memory for an (*lead, N, C, H, W) result."""
     return xp.empty(lead + (n,) + tuple(hw) + (c,), dtype=dtype)
 
 
-def max_with_winners(x: Any, kernel: tuple, stride: tuple, out_hw: tuple, arg_dtype: Any) -> tuple:
-    """The window maxima of x (N, C, H, W) and each window's winning offset (``arg_dtype``), both
+def max_with_winners(x: Any, stride: tuple, out_hw: tuple, arg_dtype: Any) -> tuple:
+    """The 2 x 2 window maxima of x (N, C, H, W) and each window's winning offset (``arg_dtype``), both
     (N, C, Ho, Wo) arrays in channels-last memory."""
     xp, (n, c) = get_xp(x), x.shape[:2]
-    best = _batch_last_channels(xp, n, out_hw, c, x.dtype)
-    arg = _batch_last_channels(xp, n, out_hw, c, arg_dtype)
+    best = _empty_channels_last(xp, n, out_hw, c, x.dtype)
+    arg = _empty_channels_last(xp, n, out_hw, c, arg_dtype)
     fn, xl, (sh, sw) = jit.compile(_max_kernel), _channels_last(x), stride
     _in_slices(n, lambda _, lo, hi: fn(xl[lo:hi], sh, sw, best[lo:hi], arg[lo:hi]))
     return best.transpose(0, 3, 1, 2), arg.transpose(0, 3, 1, 2)
 
 
-def pick(t: Any, arg: Any, kernel: tuple, stride: tuple) -> Any:
+def pick(t: Any, arg: Any, stride: tuple) -> Any:
     """The k tangents t (k, N, C, H, W) at the winners ``arg`` (N, C, Ho, Wo): (k, N, C, Ho, Wo), channels
     last in memory."""
     k, n, c = t.shape[:3]
-    out = _batch_last_channels(get_xp(t), n, arg.shape[2:], c, t.dtype, (k,))
+    out = _empty_channels_last(get_xp(t), n, arg.shape[2:], c, t.dtype, (k,))
     fn, tl, al, (sh, sw) = jit.compile(_pick_kernel), _channels_last(t), _channels_last(arg), stride
     _in_slices(n, lambda a, lo, hi: fn(tl[a, lo:hi], al[lo:hi], sh, sw, out[a, lo:hi]), lead=k)
     return out.transpose(0, 1, 4, 2, 3)
 
 
-def scatter(g: Any, arg: Any, x_shape: tuple, kernel: tuple, stride: tuple) -> Any:
+def scatter(g: Any, arg: Any, x_shape: tuple, stride: tuple) -> Any:
     """The cotangent g (N, C, Ho, Wo) written into its winners' cells of an (N, C, H, W) array, zeros
     elsewhere (channels last in memory)."""
     n, c, h, w = x_shape
     (ho, wo), (sh, sw) = arg.shape[2:], stride
-    gx = _batch_last_channels(get_xp(g), n, (h, w), c, g.dtype)
+    gx = _empty_channels_last(get_xp(g), n, (h, w), c, g.dtype)
     if 2 * ho < h or 2 * wo < w or sh > 2 or sw > 2:  # cells in no window
         gx[...] = 0
     fn, gl, al = jit.compile(_scatter_kernel), _channels_last(g), _channels_last(arg)
