@@ -72,7 +72,10 @@ def get_xp(*arrays: Any, op: str = "operation") -> types.ModuleType:
     """
     has_np = has_cp = False
     for a in arrays:
-        if is_cupy(a):
+        t = type(a)
+        if t is np.ndarray:  # the common case first: no module-name check
+            has_np = True
+        elif t.__module__.startswith("cupy"):
             has_cp = True
         elif isinstance(a, np.ndarray):
             has_np = True
