@@ -72,10 +72,9 @@ def get_xp(*arrays: Any, op: str = "operation") -> types.ModuleType:
     """
     has_np = has_cp = False
     for a in arrays:
-        t = type(a)
-        if t is np.ndarray:  # the common case first: no module-name check
+        if type(a) is np.ndarray:  # the common case first: no module-name check
             has_np = True
-        elif t.__module__.startswith("cupy"):
+        elif is_cupy(a):
             has_cp = True
         elif isinstance(a, np.ndarray):
             has_np = True
