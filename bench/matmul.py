@@ -105,6 +105,16 @@ def table(rows: list[dict], what: str) -> str:
     return "\n".join(lines)
 
 
+def numpy_blas() -> str:
+    """NumPy's BLAS library, version and kernel set, e.g. ``openblas 0.3.31 (Haswell kernels)`` (threadpoolctl)."""
+    from threadpoolctl import threadpool_info
+
+    for info in threadpool_info():
+        if info.get("user_api") == "blas" and "numpy" in (info.get("filepath") or ""):
+            return f"{info.get('internal_api')} {info.get('version')} ({info.get('architecture')} kernels)"
+    return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1, help="BLAS and OpenMP threads (0: the machine's default)")
@@ -130,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = f"{a.threads} thread(s)" if a.threads else "the machine's default threads"
     cmd = "python bench/matmul.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = (f"# Linear layers' products: NumPy's BLAS against oneDNN's matmul (`{cmd.strip()}`)\n\n"
-            f"float32, {threads}, oneDNN {onednn.version()}, {T.environment(np)['processor']}; min of "
+            f"float32, {threads}, oneDNN {onednn.version()}, NumPy's BLAS {numpy_blas()}, "
+            f"{T.environment(np)['processor']}; min of "
             f"{a.repeats} interleaved repeats; steps: min over 3 alternating child processes each\n\n"
             + table(products, "product") + "\n\n" + table(steps, "step") + "\n")
     from dualtensor.files import atomic_write_text

@@ -257,13 +257,22 @@ def gemm(a: Any, b: Any, out: Any, accumulate: bool = False) -> Any:
 _MATMUL_MIN_MACS = 1 << 21
 
 
-def fast_matmul(a: Any, b: Any) -> Any:
+def fast_matmul(a: Any, b: Any, fresh_output: bool = False) -> Any:
     """``a @ b`` of two 2-d arrays as a C-contiguous array from a library that runs the linear layers' products
     faster than ``xp.matmul`` (as a whole: bench/results/matmul-ab-*.md), or None (then the caller's own
     product). That library is oneDNN's matmul, for NumPy float32 operands of at least 2**21 multiply-adds where
     the ``onednn`` extra is installed and oneDNN has a brgemm kernel for them (AVX-512 CPUs; 1 thread,
-    64 x 1024 -> 1024: 1.03 against OpenBLAS's 1.38 ms in bench/results/matmul-ab-1t.md)."""
+    64 x 1024 -> 1024: 1.03 against OpenBLAS's 1.38 ms in bench/results/matmul-ab-1t.md).
+
+    ``fresh_output``: a large result written to memory not in cache (a weight cotangent). At one thread
+    an OpenBLAS running AVX-512 kernels writes that faster than oneDNN (1024 x 784 from 64 rows: 1.05 against
+    1.64 ms, bench/results/matmul-ab-1t.md), so it is declined there; an OpenBLAS on AVX2 kernels on an
+    AVX-512 CPU (one it does not know) takes twice oneDNN's time (bench/results/matmul-ab-epyc6-1t.md). On
+    more threads oneDNN takes it like the other products: two libraries' thread pools on the same cores slow
+    each other."""
     if a.shape[0] * a.shape[1] * b.shape[1] < _MATMUL_MIN_MACS:
+        return None
+    if fresh_output and cpu_threads() == 1 and numpy_blas_avx512():
         return None
     lib = direct_conv(a, b)
     return lib.matmul(a, b) if lib is not None else None
@@ -291,11 +300,12 @@ def conv_weights(w: Any, groups: int = 1) -> Any:
     return w if w.flags.c_contiguous else get_xp(w).ascontiguousarray(w)
 
 
-_CBLAS: Any = None  # {"f": sgemm, "d": dgemm, "threads": get_num_threads} of NumPy's own BLAS, or False
+_CBLAS: Any = None  # {"f": sgemm, "d": dgemm, "threads": get_num_threads, "avx512": bool} of NumPy's BLAS, or False
+_AVX512_CORES = ("skylakex", "cooperlake", "sapphirerapids")  # OpenBLAS's kernel sets that use AVX-512
 
 
 def _numpy_cblas() -> Any:
-    """cblas_sgemm/dgemm (ILP64) and the thread-count query of the BLAS library NumPy's wheels bundle,
+    """cblas_sgemm/dgemm (ILP64), the thread-count query and the kernel set of the BLAS library NumPy's wheels bundle,
     found among the loaded BLAS libraries (threadpoolctl) under NumPy's install; False when there is
     none (then SciPy's)."""
     global _CBLAS
@@ -317,6 +327,7 @@ def _numpy_cblas() -> Any:
                     fns = {c: getattr(lib, f"{prefix}cblas_{t}gemm64_", None) for c, t in (("f", "s"), ("d", "d"))}
                     if all(fns.values()):
                         fns["threads"] = getattr(lib, f"{prefix}openblas_get_num_threads64_", None)
+                        fns["avx512"] = str(info.get("architecture", "")).lower() in _AVX512_CORES
                         i, i64, p = ctypes.c_int, ctypes.c_int64, ctypes.c_void_p
                         for c, scalar in (("f", ctypes.c_float), ("d", ctypes.c_double)):
                             fns[c].argtypes = [i, i, i, i64, i64, i64, scalar, p, i64, p, i64, scalar, p, i64]
@@ -328,6 +339,12 @@ def _numpy_cblas() -> Any:
         except Exception:  # noqa: BLE001 - any failure means: use the portable path
             _CBLAS = False
     return _CBLAS
+
+
+def numpy_blas_avx512() -> bool:
+    """Whether NumPy's BLAS runs AVX-512 kernels (OpenBLAS's core name, from threadpoolctl); False where unknown."""
+    fns = _numpy_cblas()
+    return bool(fns and fns["avx512"])
 
 
 def cpu_threads() -> int:

@@ -222,18 +222,19 @@ def _reference(name, d, V):
     return V.T @ np.linalg.solve(V @ V.T, d)
 
 
+@pytest.mark.parametrize("k", [5, 1])
 @pytest.mark.parametrize("name", AGGS)
-def test_aggregators_match_direct_formulas(name):
-    grad, V, d = _problem(5, 12)
+def test_aggregators_match_direct_formulas(name, k):
+    grad, V, d = _problem(k, 12)
     np.testing.assert_allclose(A.get_aggregator(name)(d, V), _reference(name, d, V), rtol=1e-10, atol=1e-12)
-    # per-sample: equal to a Python loop over samples
-    gradb, Vb, db = _problem(5, 12, B=7, seed=1)
+    # per-sample: equal to a Python loop over samples (k = 1 takes its own product path)
+    gradb, Vb, db = _problem(k, 12, B=7, seed=1)
     gb = A.get_aggregator(name)(db, Vb)
     assert gb.shape == (7, 12)
     loop = np.stack([_reference(name, db[:, b], Vb[:, b]) for b in range(7)])
     np.testing.assert_allclose(gb, loop, rtol=1e-9, atol=1e-12)
     # shared tangents (broadcast view) == the same tangents copied per sample
-    Vs = np.broadcast_to(V[:, None], (5, 7, 12))
+    Vs = np.broadcast_to(V[:, None], (k, 7, 12))
     ds = np.einsum("kbn,bn->kb", Vs, gradb)
     np.testing.assert_allclose(A.get_aggregator(name)(ds, Vs), A.get_aggregator(name)(ds, np.ascontiguousarray(Vs)),
                                rtol=1e-10, atol=1e-12)

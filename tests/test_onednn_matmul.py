@@ -72,7 +72,8 @@ def test_fast_matmul_takes_only_large_float32_products():
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_linear_rules_equal_numpy(monkeypatch, threads):
+@pytest.mark.parametrize("blas_avx512", [True, False])
+def test_linear_rules_equal_numpy(monkeypatch, threads, blas_avx512):
     """Primal, input and weight tangents, and all three VJPs of linear with oneDNN's products equal NumPy's."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((64, 784)).astype(np.float32)
@@ -90,7 +91,8 @@ def test_linear_rules_equal_numpy(monkeypatch, threads):
             taken.append((a.shape, c.shape))
         return out
     monkeypatch.setattr(onednn, "matmul", spy)
-    monkeypatch.setattr("dualtensor.ops.linalg._cpu_threads", lambda: threads)
+    monkeypatch.setattr(backend, "cpu_threads", lambda: threads)
+    monkeypatch.setattr(backend, "numpy_blas_avx512", lambda: blas_avx512)
 
     def run():
         y = dt.linear(dt.DualTensor(x, tx), dt.DualTensor(w, tw), b)
@@ -98,8 +100,8 @@ def test_linear_rules_equal_numpy(monkeypatch, threads):
         return [np.asarray(y.primal), np.asarray(y.tangent), *[np.asarray(v) for v in pull(g)]]
     fast = run()
     assert bool(taken) == _avx512_core()
-    if _avx512_core():  # the weight cotangent g^T x goes to oneDNN only with more than one thread
-        assert (((1024, 64), (64, 784)) in taken) == (threads > 1)
+    if _avx512_core():  # the weight cotangent g^T x stays on NumPy's BLAS only at one thread on AVX-512 kernels
+        assert (((1024, 64), (64, 784)) in taken) == (threads > 1 or not blas_avx512)
         assert ((64, 784), (784, 1024)) in taken  # the forward product at any thread count
     monkeypatch.setattr(backend, "_MATMUL_MIN_MACS", 1 << 62)
     taken.clear()
@@ -115,3 +117,14 @@ def test_switched_off_declines():
     env = dict(os.environ, DUALTENSOR_ONEDNN="0")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "True"]
+
+
+def test_numpy_blas_kernel_set_is_read_from_openblas():
+    """numpy_blas_avx512 reports the kernel set OpenBLAS itself names (threadpoolctl's 'architecture')."""
+    from threadpoolctl import threadpool_info
+
+    names = [str(i.get("architecture", "")).lower() for i in threadpool_info()
+             if i.get("internal_api") == "openblas" and "numpy" in (i.get("filepath") or "")]
+    if not names:
+        pytest.skip("NumPy's BLAS is not its bundled OpenBLAS here")
+    assert backend.numpy_blas_avx512() == (names[0] in ("skylakex", "cooperlake", "sapphirerapids"))

@@ -65,6 +65,8 @@ def _combine(c: Any, V: Any, xp: Any) -> Any:
         return xp.dot(c, V) if V.shape[0] == 1 else c @ V
     if is_shared(V):  # tangents shared over the batch: one GEMM (B, k) @ (k, n)
         return c.T @ V[:, 0]
+    if V.shape[0] == 1:  # a product: matmul's batched (1, 1) @ (1, n) is 6-12x slower (B = 64, n = 2058 / 40000)
+        return c[0][:, None] * V[0]
     return xp.matmul(c.T[:, None, :], V.transpose(1, 0, 2))[:, 0]
 
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import cpu_threads as _cpu_threads
 from ..backend import fast_matmul as _fast_matmul
 from ..backend import get_xp as _xp
 from ..tensor import primal_of as _value
@@ -240,11 +239,8 @@ def _linear_vjp_x(g, ans, x, w, b):
 
 def _linear_vjp_w(g, ans, x, w, b):
     g2, x2 = g.reshape(-1, w.shape[0]).T, x.reshape(-1, w.shape[1])
-    # A large, fresh (out, in) result: NumPy's BLAS writes it faster than oneDNN on one thread (1024 x 784 from
-    # 64 rows, output not in cache: bench/results/matmul-ab-1t.md). On more threads it goes to oneDNN with the
-    # other products all the same, so that OpenBLAS's pool does not work beside oneDNN's on the same cores
-    # (scratch A/B, not kept: the MLP's backprop was slower with this product alone on OpenBLAS)
-    return _product(g2, x2) if _cpu_threads() > 1 else _xp(g, x).matmul(g2, x2)
+    out = _fast_matmul(g2, x2, fresh_output=True)  # a large, fresh (out, in) result
+    return _xp(g, x).matmul(g2, x2) if out is None else out
 
 
 def _linear_vjp_b(g, ans, x, w, b):
