@@ -9,6 +9,11 @@
   runs the products changes the BLAS thread pool's settings for the whole process.
 
     python bench/matmul.py [--threads 1] [--repeats 7] [--out bench/results/matmul-ab]
+    python bench/matmul.py --pools --threads 0 [--out bench/results/matmul-pools]
+
+``--pools``: only the steps, with oneDNN's products, in alternating children with
+``DUALTENSOR_SMALL_PRODUCTS=pool`` (the products oneDNN declines for size on OpenBLAS's thread pool) and
+``=one-thread`` (the default: on the calling thread, so OpenBLAS's workers do not wake beside oneDNN's).
 
 Writes ``<out>.md`` and ``<out>.json``; ratio = oneDNN / NumPy (min over the repeats).
 """
@@ -82,26 +87,32 @@ def child_steps(repeats: int) -> None:
     print(json.dumps(per_call))
 
 
-def time_steps(threads: int, repeats: int, rounds: int = 3) -> list[dict]:
-    """Alternating child processes, oneDNN off and on; min over the rounds."""
+# the variants of a step A/B: (column name, environment of its child processes)
+LIBRARIES = (("numpy", {"DUALTENSOR_ONEDNN": "0"}), ("onednn", {"DUALTENSOR_ONEDNN": "1"}))
+POOLS = (("pool", {"DUALTENSOR_SMALL_PRODUCTS": "pool"}), ("one thread", {"DUALTENSOR_SMALL_PRODUCTS": "one-thread"}))
+
+
+def time_steps(threads: int, repeats: int, variants: tuple = LIBRARIES, rounds: int = 3) -> list[dict]:
+    """Alternating child processes, one per variant and round; min over the rounds."""
     best: dict = {}
     for r in range(rounds):
-        for lib in (("0", "1") if r % 2 == 0 else ("1", "0")):
-            env = dict(os.environ, DUALTENSOR_ONEDNN=lib)
+        for name, extra in (variants if r % 2 == 0 else variants[::-1]):
+            env = dict(os.environ, **extra)
             if threads:
                 env.update({v: str(threads) for v in T.THREAD_ENV})
             out = subprocess.run([sys.executable, __file__, "--child", "--repeats", str(repeats)], env=env,
                                  check=True, capture_output=True, text=True).stdout
-            for name, ms in json.loads(out.strip().splitlines()[-1]).items():
-                key = (name, "onednn" if lib == "1" else "numpy")
-                best[key] = min(best.get(key, float("inf")), ms)
-    return [{"step": name, "numpy": best[(name, "numpy")], "onednn": best[(name, "onednn")]} for name, *_ in STEPS]
+            for step, ms in json.loads(out.strip().splitlines()[-1]).items():
+                best[(step, name)] = min(best.get((step, name), float("inf")), ms)
+    return [{"step": step, **{name: best[(step, name)] for name, _ in variants}} for step, *_ in STEPS]
 
 
-def table(rows: list[dict], what: str) -> str:
-    lines = [f"| {what} | NumPy (ms) | oneDNN (ms) | oneDNN / NumPy |", "|---|---:|---:|---:|"]
+def table(rows: list[dict], what: str, a: str = "numpy", b: str = "onednn") -> str:
+    label = {"numpy": "NumPy", "onednn": "oneDNN"}
+    la, lb = label.get(a, a), label.get(b, b)
+    lines = [f"| {what} | {la} (ms) | {lb} (ms) | {lb} / {la} |", "|---|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r[what]} | {r['numpy']:.3f} | {r['onednn']:.3f} | {r['onednn'] / r['numpy']:.2f} |")
+        lines.append(f"| {r[what]} | {r[a]:.3f} | {r[b]:.3f} | {r[b] / r[a]:.2f} |")
     return "\n".join(lines)
 
 
@@ -115,12 +126,35 @@ def numpy_blas() -> str:
     return "unknown"
 
 
+def write_pools(a: argparse.Namespace, cmd: str, threads: str) -> int:
+    """The --pools A/B: the MLP's steps with oneDNN's products, the small ones on OpenBLAS's pool or one thread."""
+    from dualtensor import onednn
+    from dualtensor.files import atomic_write_text
+
+    if not onednn.runs_matmul():
+        print("oneDNN takes no matmuls on this CPU (no brgemm kernel): the small products stay on OpenBLAS anyway")
+        return 1
+    steps = time_steps(a.threads, a.repeats, POOLS)
+    out = a.out or HERE / "results" / "matmul-pools"
+    text = (f"# Small products on OpenBLAS's pool or on one thread, beside oneDNN's products (`{cmd.strip()}`)\n\n"
+            f"float32, {threads}, oneDNN {onednn.version()}, NumPy's BLAS {numpy_blas()}, "
+            f"{T.environment(np)['processor']}; min of {a.repeats} interleaved repeats in a child process, "
+            f"min over 3 alternating children per variant (DUALTENSOR_SMALL_PRODUCTS=pool / one-thread)\n\n"
+            + table(steps, "step", "pool", "one thread") + "\n")
+    atomic_write_text(out.with_suffix(".md"), text)
+    atomic_write_text(out.with_suffix(".json"), json.dumps({"steps": steps}, indent=1))
+    print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1, help="BLAS and OpenMP threads (0: the machine's default)")
     ap.add_argument("--k", type=int, default=4, help="tangents of the tangent product")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--out", type=Path, default=None, help="default bench/results/matmul-ab-<threads>t (-default)")
+    ap.add_argument("--pools", action="store_true",
+                    help="only the steps, oneDNN on, with the small products on OpenBLAS's pool or on one thread")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
@@ -134,11 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         T.limit_threads(a.threads)
     heap_arrays()
+    cmd = "python bench/matmul.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    threads = f"{a.threads} thread(s)" if a.threads else "the machine's default threads"
+    if a.pools:
+        return write_pools(a, cmd, threads)
     products = time_products(a.k, a.repeats)
     steps = time_steps(a.threads, a.repeats)
     out = a.out or HERE / "results" / (f"matmul-ab-{a.threads}t" if a.threads else "matmul-ab-default")
-    threads = f"{a.threads} thread(s)" if a.threads else "the machine's default threads"
-    cmd = "python bench/matmul.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = (f"# Linear layers' products: NumPy's BLAS against oneDNN's matmul (`{cmd.strip()}`)\n\n"
             f"float32, {threads}, oneDNN {onednn.version()}, NumPy's BLAS {numpy_blas()}, "
             f"{T.environment(np)['processor']}; min of "

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import collections
 import copy
+import os
+import threading
 import types
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -270,12 +272,41 @@ def fast_matmul(a: Any, b: Any, fresh_output: bool = False) -> Any:
     AVX-512 CPU (one it does not know) takes twice oneDNN's time (bench/results/matmul-ab-epyc6-1t.md). On
     more threads oneDNN takes it like the other products: two libraries' thread pools on the same cores slow
     each other."""
-    if a.shape[0] * a.shape[1] * b.shape[1] < _MATMUL_MIN_MACS:
+    lib = direct_conv(a, b)
+    if lib is None:
         return None
+    if a.shape[0] * a.shape[1] * b.shape[1] < _MATMUL_MIN_MACS:
+        return _calling_thread_product(a, b) if _SMALL_ON_ONE_THREAD and lib.runs_matmul() else None
     if fresh_output and cpu_threads() == 1 and numpy_blas_avx512():
         return None
-    lib = direct_conv(a, b)
-    return lib.matmul(a, b) if lib is not None else None
+    return lib.matmul(a, b)
+
+
+_THREADS_LOCK = threading.Lock()  # held while NumPy's BLAS is at one thread for a product
+# DUALTENSOR_SMALL_PRODUCTS=pool leaves the small products to OpenBLAS's pool (the A/B of bench/matmul.py --pools)
+_SMALL_ON_ONE_THREAD = os.environ.get("DUALTENSOR_SMALL_PRODUCTS", "one-thread") != "pool"
+
+
+def _calling_thread_product(a: Any, b: Any) -> Any:
+    """``a @ b`` on NumPy's BLAS with its thread pool held at one thread for the call, or None.
+
+    Where oneDNN runs the large products on its own OpenMP threads, a small product that OpenBLAS would split
+    (the MLP's 64 x 1024 -> 10 layer: 655k multiply-adds, over its 262k threshold) wakes OpenBLAS's workers
+    too, and the two pools then spin against each other on the same cores: at two threads the whole MLP step
+    took 1.12-1.28x as long (bench/results/matmul-pools-epyc6.md). One thread costs such a product about 8 us."""
+    fns = _numpy_cblas()
+    if not fns or fns["set_threads"] is None or fns["threads"] is None:
+        return None
+    n = cpu_threads()
+    if n == 1:
+        return None
+    with _THREADS_LOCK:  # another caller's restore must not land inside this product
+        n = int(fns["threads"]())
+        fns["set_threads"](1)
+        try:
+            return np.matmul(a, b)
+        finally:
+            fns["set_threads"](n)
 
 
 def direct_conv(*arrays: Any) -> Any:
@@ -300,7 +331,7 @@ def conv_weights(w: Any, groups: int = 1) -> Any:
     return w if w.flags.c_contiguous else get_xp(w).ascontiguousarray(w)
 
 
-_CBLAS: Any = None  # {"f": sgemm, "d": dgemm, "threads": get_num_threads, "avx512": bool} of NumPy's BLAS, or False
+_CBLAS: Any = None  # {"f", "d": ?gemm, "threads", "set_threads", "avx512": bool} of NumPy's BLAS, or False
 _AVX512_CORES = ("skylakex", "cooperlake", "sapphirerapids")  # OpenBLAS's kernel sets that use AVX-512
 
 
@@ -313,7 +344,6 @@ def _numpy_cblas() -> Any:
         _CBLAS = False
         try:
             import ctypes
-            import os
 
             from threadpoolctl import threadpool_info
 
@@ -327,6 +357,7 @@ def _numpy_cblas() -> Any:
                     fns = {c: getattr(lib, f"{prefix}cblas_{t}gemm64_", None) for c, t in (("f", "s"), ("d", "d"))}
                     if all(fns.values()):
                         fns["threads"] = getattr(lib, f"{prefix}openblas_get_num_threads64_", None)
+                        fns["set_threads"] = getattr(lib, f"{prefix}openblas_set_num_threads64_", None)
                         fns["avx512"] = str(info.get("architecture", "")).lower() in _AVX512_CORES
                         i, i64, p = ctypes.c_int, ctypes.c_int64, ctypes.c_void_p
                         for c, scalar in (("f", ctypes.c_float), ("d", ctypes.c_double)):
@@ -334,6 +365,8 @@ def _numpy_cblas() -> Any:
                             fns[c].restype = None
                         if fns["threads"] is not None:
                             fns["threads"].argtypes, fns["threads"].restype = [], ctypes.c_int
+                        if fns["set_threads"] is not None:
+                            fns["set_threads"].argtypes, fns["set_threads"].restype = [ctypes.c_int], None
                         _CBLAS = fns
                         return _CBLAS
         except Exception:  # noqa: BLE001 - any failure means: use the portable path
@@ -368,7 +401,6 @@ class _Pool:
         self.inside = threading.local()  # set on a worker while it runs a task: nested calls run inline
 
     def get(self, n: int) -> Any:
-        import os
         from concurrent.futures import ThreadPoolExecutor
 
         with self.lock:
@@ -448,7 +480,6 @@ def let_idle_blas_threads_sleep(spin_log2: int = BLAS_SPIN_LOG2) -> list[str]:
     processes start with OpenBLAS's default; a forked child inherits the restarted pool and its short spin.
     Call it while no other thread runs BLAS."""
     import ctypes
-    import os
 
     if "OPENBLAS_THREAD_TIMEOUT" in os.environ:
         return []

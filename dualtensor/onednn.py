@@ -460,13 +460,19 @@ def _has_brgemm_matmul(lib: _Library) -> bool:
     return lib.brgemm_matmul
 
 
+def runs_matmul() -> bool:
+    """Whether :func:`matmul` takes float32 products here (oneDNN loaded, with a brgemm kernel on this CPU)."""
+    lib = _load()
+    return bool(lib) and _has_brgemm_matmul(lib)
+
+
 def matmul(a: Any, b: Any) -> Any:
     """``a @ b`` of 2-d float32 arrays (any positive strides, transposed views in place) as a C-contiguous
     array from oneDNN's matmul, or None where oneDNN is not there or has no brgemm kernel for it (CPUs without
     AVX-512: there its matmul is the GEMM NumPy's OpenBLAS matches)."""
-    lib = _load()
-    if not lib or not _has_brgemm_matmul(lib):  # (its probe builds no cache entry: no lock needed)
+    if not runs_matmul():  # (its probe builds no cache entry: no lock needed)
         return None
+    lib = _load()
     a, b = _passable(a), _passable(b)
     out = np.empty((a.shape[0], b.shape[1]), np.float32)
 

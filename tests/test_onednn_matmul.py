@@ -128,3 +128,37 @@ def test_numpy_blas_kernel_set_is_read_from_openblas():
     if not names:
         pytest.skip("NumPy's BLAS is not its bundled OpenBLAS here")
     assert backend.numpy_blas_avx512() == (names[0] in ("skylakex", "cooperlake", "sapphirerapids"))
+
+
+def test_small_products_run_on_one_blas_thread_beside_onednn(monkeypatch):
+    """Where oneDNN takes the float32 products, one it declines for size is computed with NumPy's BLAS held at
+    one thread, then the thread count is restored (also after an error); elsewhere it is left to the caller."""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((64, 1024)).astype(np.float32)
+    w = rng.standard_normal((1024, 10)).astype(np.float32)
+    threads = backend.cpu_threads()
+    out = backend.fast_matmul(a, w)
+    if not onednn.runs_matmul() or threads == 1:
+        assert out is None
+    else:
+        np.testing.assert_allclose(out, a @ w, rtol=1e-5, atol=1e-4)
+    assert backend.cpu_threads() == threads
+
+    calls = []
+    now = [4]
+    fake = {"threads": lambda: now[0], "set_threads": lambda n: (calls.append(n), now.__setitem__(0, n))}
+    monkeypatch.setattr(backend, "_numpy_cblas", lambda: fake)
+    monkeypatch.setattr(onednn, "runs_matmul", lambda: True)
+    seen = []
+    monkeypatch.setattr(backend.np, "matmul", lambda x, y: seen.append(now[0]) or x.dot(y))
+    np.testing.assert_allclose(backend.fast_matmul(a, w), a.dot(w), rtol=1e-6)
+    assert seen == [1] and calls == [1, 4] and now[0] == 4
+
+    def boom(x, y):
+        raise MemoryError("no room")
+    monkeypatch.setattr(backend.np, "matmul", boom)
+    with pytest.raises(MemoryError):
+        backend.fast_matmul(a, w)
+    assert now[0] == 4
+    monkeypatch.setattr(onednn, "runs_matmul", lambda: False)
+    assert backend.fast_matmul(a, w) is None
