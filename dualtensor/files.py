@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -52,8 +53,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None],
                  before_replace: Callable[[Path], None] | None = None) -> Path:
     """Create or replace ``path`` atomically: ``write(f)`` fills a temporary file in the same
     directory, which is fsynced, shown to ``before_replace(tmp)`` (e.g. to record it) and renamed
-    over ``path``; on any error it is removed."""
+    over ``path``; on any error it is removed. An existing ``path`` that is not a regular file or a
+    directory (``/dev/null``, ``/dev/stdout``, a FIFO) is written in place: renaming over it would replace the
+    device or pipe with a file."""
     path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        with open(path, "wb") as f:
+            write(f)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = new_temp_file(path.parent, path.name)
     try:

@@ -81,6 +81,23 @@ def test_direct_equals_gemm_layouts(cfg, seed, preferred):
     _compare(lambda *a: dt.conv2d(*a, **opts), args, tangents[:len(args)], seed, direct=False)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels-last", "strided", "batchless"])
+@pytest.mark.parametrize("xshape, stride", [((4, 6, 8, 8), 2), ((3, 5, 7, 9), 2), ((2, 4, 7, 7), 3)])
+def test_strided_shortcut_weight_cotangent(layout, xshape, stride):
+    """The 1x1 strided shortcut convolutions, whose weight cotangent oneDNN's kernel is declined for, give the
+    GEMM layouts' rules (the weight cotangent as one product of g and the strided input; odd sizes crop)."""
+    rng = np.random.default_rng(7)
+    x, w, b = _f32(rng, xshape), _f32(rng, (10, xshape[1], 1, 1)), _f32(rng, (10,))
+    if layout == "channels-last":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    elif layout == "strided":
+        x = noncontig(x)
+    elif layout == "batchless":
+        x = x[0]
+    tangents = [_f32(rng, (3,) + x.shape), _f32(rng, (3,) + w.shape), None]
+    _compare(lambda *a: dt.conv2d(*a, stride=stride), (x, w, b), tangents)
+
+
 @pytest.mark.parametrize("layout", ["nchw", "channels-last", "batchless"])
 def test_direct_layouts_and_chains(layout):
     """Channels-last inputs (a convolution's own results) are read in place; the input cotangent comes back

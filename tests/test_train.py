@@ -352,6 +352,24 @@ def test_early_stopping_counts_the_monitored_metric(capsys, tmp_path, monkeypatc
 
 # ------------------------------------------------------------------------------------ files
 
+def test_atomic_write_to_a_pipe_or_device_writes_through_it(tmp_path):
+    """A FIFO (like /dev/null or /dev/stdout) stays what it is (renaming over it would replace it with a file) and
+    gets the bytes."""
+    import os
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    atomic_write_text(fifo, "through the pipe")
+    reader.join(timeout=10)
+    assert got == ["through the pipe"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]  # no temporary left beside it
+
+
 def test_atomic_writes_leave_no_temp_files(tmp_path):
     path = tmp_path / "f.txt"
     atomic_write_text(path, "old")

@@ -41,6 +41,7 @@ import operator
 from typing import Any, NamedTuple
 
 from ..backend import direct_conv as _direct_conv
+from ..backend import fast_matmul as _fast_matmul
 from ..backend import gemm as _gemm_into
 from ..backend import get_xp as _xp
 from ..core import Primitive
@@ -633,6 +634,8 @@ def _conv2d_vjp_w(g, ans, x, w, b, *, stride, pads, dilation, groups):
         nb = math.prod(x.shape[:-3])
         gw = cols.lib.conv_backward_weights(_direct_rows(g, nb), _direct_rows(x, nb), w.shape, stride, pads,
                                             dilation, groups)
+        if gw is None and w.shape[-2:] == (1, 1) and groups == 1 and not any(map(any, pads)):
+            return _pointwise_vjp_w(g, x, stride)
         if gw is None:  # declined by the library: the GEMM layouts' VJP of the same convolution
             geo = dict(stride=stride, pads=pads, dilation=dilation, groups=groups)
             return _conv2d_vjp_w(g, _conv2d_gemm(x, w, b, **geo), x, w, b, **geo)
@@ -643,6 +646,18 @@ def _conv2d_vjp_w(g, ans, x, w, b, *, stride, pads, dilation, groups):
     gm = _grad_rows(g, math.prod(x.shape[:-3]), groups, length, flat)
     gw = gm @ cols.swapaxes(-1, -2)
     return (gw if flat else gw.sum(axis=0)).reshape(w.shape)
+
+
+def _pointwise_vjp_w(g, x, stride):
+    """The weight cotangent (O, C, 1, 1) of an unpadded, one-group 1x1 convolution (strided: the downsampling
+    shortcuts of ResNets) as one product, g's (O, N*Ho*Wo) rows against the strided input's pixels: no
+    columns and no second forward pass, as the GEMM layouts' VJP would need."""
+    xp, o, c = _xp(g, x), g.shape[-3], x.shape[-3]
+    xs = x[..., ::stride[0], ::stride[1]][..., :g.shape[-2], :g.shape[-1]]
+    gm = xp.moveaxis(g.reshape((-1,) + g.shape[-3:]), 1, -1).reshape(-1, o)  # (N*Ho*Wo, O), a view if NHWC
+    xm = xp.ascontiguousarray(xp.moveaxis(xs.reshape((-1,) + xs.shape[-3:]), 1, -1)).reshape(-1, c)
+    gw = _fast_matmul(gm.T, xm)
+    return (gm.T @ xm if gw is None else gw).reshape(o, c, 1, 1)
 
 
 def _conv2d_vjp_b(g, ans, x, w, b, *, stride, pads, dilation, groups):
