@@ -6,7 +6,8 @@ Several files may share a model (e.g. a run at other k): a step an earlier file 
     python bench/peers_summary.py A-1t.json ... --and A-default.json ...   # one table, two column groups
 
 With ``--and`` the files before it fill the first three columns (one thread) and those after it the next three
-(two threads, or whatever the second set of runs used); a step only one set has gets dashes in the other.
+(two threads, or whatever the second set of runs used), in table order; a step only one set has gets dashes
+in the other.
 """
 from __future__ import annotations
 
@@ -63,9 +64,8 @@ def table(paths: list[Path], second: list[Path] | None = None) -> str:
         return "\n".join(lines + [f"| {label(r)} | " + " | ".join(cell(r)) + " |" for r in ordered_rows(paths)])
     lines = ["| model, step | one thread: dualtensor (ms) | fastest peer (ms) | ratio | two threads: dualtensor (ms) "
              "| fastest peer (ms) | ratio |", "|---|---:|---:|---:|---:|---:|---:|"]
-    a, b = ordered_rows(paths), {label(r): r for r in ordered_rows(second)}
-    names = [label(r) for r in a] + [n for n in b if n not in {label(r) for r in a}]
-    by_a = {label(r): r for r in a}
+    by_a, b = {label(r): r for r in ordered_rows(paths)}, {label(r): r for r in ordered_rows(second)}
+    names = [label(r) for r in ordered_rows(paths + second)]  # every step of either set, in table order
     for n in names:
         cells = [cell(by_a[n]) if n in by_a else ("–",) * 3, cell(b[n]) if n in b else ("–",) * 3]
         lines.append(f"| {n} | " + " | ".join(c for group in cells for c in group) + " |")

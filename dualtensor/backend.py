@@ -260,11 +260,13 @@ _MATMUL_MIN_MACS = 1 << 21
 
 
 def fast_matmul(a: Any, b: Any, fresh_output: bool = False) -> Any:
-    """``a @ b`` of two 2-d arrays as a C-contiguous array from a library that runs the linear layers' products
-    faster than ``xp.matmul`` (as a whole: bench/results/matmul-ab-*.md), or None (then the caller's own
-    product). That library is oneDNN's matmul, for NumPy float32 operands of at least 2**21 multiply-adds where
-    the ``onednn`` extra is installed and oneDNN has a brgemm kernel for them (AVX-512 CPUs; 1 thread,
-    64 x 1024 -> 1024: 1.03 against OpenBLAS's 1.38 ms in bench/results/matmul-ab-1t.md).
+    """``a @ b`` of two 2-d arrays as a C-contiguous array computed faster than ``xp.matmul`` would in a step
+    (as a whole: bench/results/matmul-ab-*.md, matmul-pools-*.md), or None (then the caller's own product).
+
+    For NumPy float32 operands where the ``onednn`` extra is installed and oneDNN has a brgemm kernel for them
+    (AVX-512 CPUs): products of at least 2**21 multiply-adds run on oneDNN's matmul (1 thread, 64 x 1024 ->
+    1024: 1.03 against OpenBLAS's 1.38 ms in bench/results/matmul-ab-1t.md); smaller ones that OpenBLAS would
+    split over its threads run on NumPy's BLAS held at one thread for the call (:func:`_calling_thread_product`).
 
     ``fresh_output``: a large result written to memory not in cache (a weight cotangent). At one thread
     an OpenBLAS running AVX-512 kernels writes that faster than oneDNN (1024 x 784 from 64 rows: 1.05 against
@@ -275,16 +277,34 @@ def fast_matmul(a: Any, b: Any, fresh_output: bool = False) -> Any:
     lib = direct_conv(a, b)
     if lib is None:
         return None
-    if a.shape[0] * a.shape[1] * b.shape[1] < _MATMUL_MIN_MACS:
-        return _calling_thread_product(a, b) if _SMALL_ON_ONE_THREAD and lib.runs_matmul() else None
+    macs = a.shape[0] * a.shape[1] * b.shape[1]
+    if macs < _MATMUL_MIN_MACS:
+        if macs <= _OPENBLAS_SPLIT_MACS or not _SMALL_ON_ONE_THREAD or not lib.runs_matmul():
+            return None
+        return _calling_thread_product(a, b)
     if fresh_output and cpu_threads() == 1 and numpy_blas_avx512():
         return None
     return lib.matmul(a, b)
 
 
+# OpenBLAS computes a GEMM of at most this many multiply-adds on the calling thread anyway
+# (interface/gemm.c: SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD = 65536 * 4)
+_OPENBLAS_SPLIT_MACS = 1 << 18
 _THREADS_LOCK = threading.Lock()  # held while NumPy's BLAS is at one thread for a product
+# no fork while the count is lowered: a child would keep one thread and a held lock
+os.register_at_fork(before=_THREADS_LOCK.acquire, after_in_parent=_THREADS_LOCK.release,
+                    after_in_child=_THREADS_LOCK.release)
 # DUALTENSOR_SMALL_PRODUCTS=pool leaves the small products to OpenBLAS's pool (the A/B of bench/matmul.py --pools)
 _SMALL_ON_ONE_THREAD = os.environ.get("DUALTENSOR_SMALL_PRODUCTS", "one-thread") != "pool"
+
+
+_blas_product = np.matmul  # (a test's hook: the product inside the one-thread window)
+
+
+def numpy_blas_pthreads() -> bool:
+    """Whether NumPy's BLAS is an OpenBLAS with its own pthreads pool (whose thread count is process-wide)."""
+    fns = _numpy_cblas()
+    return bool(fns and fns["pthreads"])
 
 
 def _calling_thread_product(a: Any, b: Any) -> Any:
@@ -292,21 +312,25 @@ def _calling_thread_product(a: Any, b: Any) -> Any:
 
     Where oneDNN runs the large products on its own OpenMP threads, a small product that OpenBLAS would split
     (the MLP's 64 x 1024 -> 10 layer: 655k multiply-adds, over its 262k threshold) wakes OpenBLAS's workers
-    too, and the two pools then spin against each other on the same cores: at two threads the whole MLP step
-    took 1.12-1.28x as long (bench/results/matmul-pools-epyc6.md). One thread costs such a product about 8 us."""
+    too, and the two pools then spin against each other on the same cores: at two threads the MLP's steps took
+    up to 1.33x as long (bench/results/matmul-pools-epyc6.md). The thread count is process-wide: another
+    thread's BLAS call inside the window runs on one thread, and a count another thread sets meanwhile is kept
+    (it is restored only if it still reads one); threads that change BLAS thread counts while dualtensor runs
+    products race with it as with each other. OpenBLAS's pthreads builds only (an OpenMP build's count is per
+    thread)."""
     fns = _numpy_cblas()
-    if not fns or fns["set_threads"] is None or fns["threads"] is None:
-        return None
-    n = cpu_threads()
-    if n == 1:
+    if not numpy_blas_pthreads() or fns["set_threads"] is None or fns["threads"] is None:
         return None
     with _THREADS_LOCK:  # another caller's restore must not land inside this product
         n = int(fns["threads"]())
+        if n == 1:
+            return None
         fns["set_threads"](1)
         try:
-            return np.matmul(a, b)
+            return _blas_product(a, b)
         finally:
-            fns["set_threads"](n)
+            if int(fns["threads"]()) == 1:
+                fns["set_threads"](n)
 
 
 def direct_conv(*arrays: Any) -> Any:
@@ -331,7 +355,7 @@ def conv_weights(w: Any, groups: int = 1) -> Any:
     return w if w.flags.c_contiguous else get_xp(w).ascontiguousarray(w)
 
 
-_CBLAS: Any = None  # {"f", "d": ?gemm, "threads", "set_threads", "avx512": bool} of NumPy's BLAS, or False
+_CBLAS: Any = None  # {"f", "d": ?gemm, "threads", "set_threads", "avx512", "pthreads"} of NumPy's BLAS, or False
 _AVX512_CORES = ("skylakex", "cooperlake", "sapphirerapids")  # OpenBLAS's kernel sets that use AVX-512
 
 
@@ -359,6 +383,7 @@ def _numpy_cblas() -> Any:
                         fns["threads"] = getattr(lib, f"{prefix}openblas_get_num_threads64_", None)
                         fns["set_threads"] = getattr(lib, f"{prefix}openblas_set_num_threads64_", None)
                         fns["avx512"] = str(info.get("architecture", "")).lower() in _AVX512_CORES
+                        fns["pthreads"] = info.get("threading_layer") == "pthreads"
                         i, i64, p = ctypes.c_int, ctypes.c_int64, ctypes.c_void_p
                         for c, scalar in (("f", ctypes.c_float), ("d", ctypes.c_double)):
                             fns[c].argtypes = [i, i, i, i64, i64, i64, scalar, p, i64, p, i64, scalar, p, i64]

@@ -55,13 +55,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None],
     directory, which is fsynced, shown to ``before_replace(tmp)`` (e.g. to record it) and renamed
     over ``path``; on any error it is removed. An existing ``path`` that is not a regular file or a
     directory (``/dev/null``, ``/dev/stdout``, a FIFO) is written in place: renaming over it would replace the
-    device or pipe with a file."""
+    device or pipe with a file (a FIFO's write waits for its reader, as any writer's does). There is no
+    temporary file then, so with ``before_replace`` such a target is refused (ValueError)."""
     path = Path(path)
     try:
         mode = os.stat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):
         mode = None
     if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        if before_replace is not None:
+            raise ValueError(f"{path} is a device or pipe, not a file: it cannot be written as a recorded file")
         with open(path, "wb") as f:
             write(f)
         return path

@@ -425,7 +425,7 @@ def conv_backward_weights(g: Any, x: Any, w_shape: tuple, stride: tuple, pads: t
         lib.own("pd", pd)
         if lib.implementation(pd).startswith("jit_1x1") and max(stride) > 1:
             # oneDNN 3.2's strided 1x1 weight-gradient kernel (its reduce-to-unit-stride copy) corrupts the heap
-            # on AVX2 CPUs (seen on an AMD EPYC; results right, malloc aborts later): the GEMMs take these
+            # on AVX2 CPUs (seen on an AMD EPYC; results right, malloc aborts later): conv2d computes these itself
             raise RuntimeError("oneDNN: strided 1x1 backward-weights kernel declined")
         wmd = ctypes.c_void_p(lib.lib.dnnl_primitive_desc_query_md(pd, _Q_DIFF_WEIGHTS, 0))
         user = lib.desc(gw, plain=True)

@@ -239,6 +239,6 @@ def test_summary_table_takes_the_fastest_peer(tmp_path):
     # two column groups (one thread, two threads): a step only one set has gets dashes in the other
     lines = peers_summary.table([path], [more]).splitlines()
     assert lines[2:] == ["| mlp inference | 3 | 2 (torch) | 1.50 | 9 | 1 (torch) | 9.00 |",
-                         "| mlp activity k = 4 | 10 | 12.5 (jax) | 0.80 | – | – | – |",
                          "| mlp weight k = 16 | – | – | – | 5 | 4 (torch) | 1.25 |",
+                         "| mlp activity k = 4 | 10 | 12.5 (jax) | 0.80 | – | – | – |",
                          "| mlp activity k = 16 | – | – | – | 30 | 40 (jax) | 0.75 |"]

@@ -502,6 +502,8 @@ def test_aggregators_and_forward_gradient_on_each_backend(xp, name):
     np.testing.assert_allclose(_to_np(got), ref, rtol=1e-4, atol=1e-5)
     got1 = A.get_aggregator(name)(xp.asarray(d[:, 0]), xp.asarray(V[:, 0]))
     np.testing.assert_allclose(_to_np(got1), ref[0], rtol=1e-4, atol=1e-5)
+    one = A.get_aggregator(name)(xp.asarray(d[:1]), xp.asarray(V[:1]))  # k = 1 per sample: its own product path
+    np.testing.assert_allclose(_to_np(one), A.get_aggregator(name)(d[:1], V[:1]), rtol=1e-4, atol=1e-5)
     X = xp.asarray(rng.standard_normal((3, 6)))
     f = lambda x: dt.sum(dt.tanh(x) * x, axis=-1)  # noqa: E731
     _, g, dd = forward_gradient(f, X, k=3, aggregate=name, rng=5, batched=True)

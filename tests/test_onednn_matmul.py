@@ -66,8 +66,9 @@ def test_fast_matmul_takes_only_large_float32_products():
     w = rng.standard_normal((1024, 1024)).astype(np.float32)
     small = rng.standard_normal((64, 10)).astype(np.float32)
     assert (backend.fast_matmul(big, w.T) is not None) == _avx512_core()
-    assert backend.fast_matmul(big, w[:, :10]) is None  # 64 x 1024 x 10 multiply-adds: NumPy's BLAS
-    assert backend.fast_matmul(small, small.T) is None
+    assert backend.cpu_threads() == 1  # (conftest): the 64 x 1024 x 10 product is NumPy's BLAS's, unchanged
+    assert backend.fast_matmul(big, w[:, :10]) is None
+    assert backend.fast_matmul(small, small.T) is None  # below OpenBLAS's own threading threshold
     assert backend.fast_matmul(big.astype(np.float64), w.astype(np.float64)) is None
 
 
@@ -131,34 +132,55 @@ def test_numpy_blas_kernel_set_is_read_from_openblas():
 
 
 def test_small_products_run_on_one_blas_thread_beside_onednn(monkeypatch):
-    """Where oneDNN takes the float32 products, one it declines for size is computed with NumPy's BLAS held at
-    one thread, then the thread count is restored (also after an error); elsewhere it is left to the caller."""
+    """Where oneDNN takes the float32 products, one it declines for size but OpenBLAS would split over its threads
+    is computed with NumPy's BLAS held at one thread, and the count is restored (also after an error, and not
+    over a count another thread set meanwhile); elsewhere, and at one thread, it is left to the caller."""
+    from threadpoolctl import threadpool_limits
+
     rng = np.random.default_rng(3)
     a = rng.standard_normal((64, 1024)).astype(np.float32)
     w = rng.standard_normal((1024, 10)).astype(np.float32)
-    threads = backend.cpu_threads()
-    out = backend.fast_matmul(a, w)
-    if not onednn.runs_matmul() or threads == 1:
-        assert out is None
-    else:
-        np.testing.assert_allclose(out, a @ w, rtol=1e-5, atol=1e-4)
-    assert backend.cpu_threads() == threads
+    with threadpool_limits(limits=2, user_api="blas"):  # the real OpenBLAS calls
+        threads = backend.cpu_threads()
+        out = backend.fast_matmul(a, w)
+        if onednn.runs_matmul() and threads == 2 and backend.numpy_blas_pthreads():
+            np.testing.assert_allclose(out, a @ w, rtol=1e-5, atol=1e-4)
+        else:
+            assert out is None
+        assert backend.fast_matmul(a[:16], w) is None  # 164k multiply-adds: OpenBLAS keeps it on one thread
+        assert backend.cpu_threads() == threads
 
     calls = []
     now = [4]
-    fake = {"threads": lambda: now[0], "set_threads": lambda n: (calls.append(n), now.__setitem__(0, n))}
+    fake = {"threads": lambda: now[0], "set_threads": lambda n: (calls.append(n), now.__setitem__(0, n)),
+            "pthreads": True}
     monkeypatch.setattr(backend, "_numpy_cblas", lambda: fake)
     monkeypatch.setattr(onednn, "runs_matmul", lambda: True)
     seen = []
-    monkeypatch.setattr(backend.np, "matmul", lambda x, y: seen.append(now[0]) or x.dot(y))
+
+    def product(x, y):
+        seen.append(now[0])
+        return x.dot(y)
+    monkeypatch.setattr(backend, "_blas_product", product)
     np.testing.assert_allclose(backend.fast_matmul(a, w), a.dot(w), rtol=1e-6)
     assert seen == [1] and calls == [1, 4] and now[0] == 4
 
     def boom(x, y):
         raise MemoryError("no room")
-    monkeypatch.setattr(backend.np, "matmul", boom)
+    monkeypatch.setattr(backend, "_blas_product", boom)
     with pytest.raises(MemoryError):
         backend.fast_matmul(a, w)
     assert now[0] == 4
+
+    def other_thread_sets_three(x, y):  # a count set by someone else inside the window is kept
+        now[0] = 3
+        return x.dot(y)
+    monkeypatch.setattr(backend, "_blas_product", other_thread_sets_three)
+    backend.fast_matmul(a, w)
+    assert now[0] == 3
+    now[0] = 1
+    calls.clear()
+    assert backend.fast_matmul(a, w) is None and not calls  # one thread already: nothing to hold
     monkeypatch.setattr(onednn, "runs_matmul", lambda: False)
-    assert backend.fast_matmul(a, w) is None
+    now[0] = 4
+    assert backend.fast_matmul(a, w) is None and not calls

@@ -368,6 +368,8 @@ def test_atomic_write_to_a_pipe_or_device_writes_through_it(tmp_path):
     reader.join(timeout=10)
     assert got == ["through the pipe"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]  # no temporary left beside it
+    with pytest.raises(ValueError, match="device or pipe"):  # a write that must be recorded has no file to record
+        atomic_write(fifo, lambda f: f.write(b"x"), before_replace=lambda tmp: None)
 
 
 def test_atomic_writes_leave_no_temp_files(tmp_path):

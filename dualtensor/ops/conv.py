@@ -631,11 +631,11 @@ def _conv2d_vjp_x(g, ans, x, w, b, *, stride, pads, dilation, groups):
 def _conv2d_vjp_w(g, ans, x, w, b, *, stride, pads, dilation, groups):
     out, cols = ans
     if isinstance(cols, _Direct):
+        if w.shape[-2:] == (1, 1) and max(stride) > 1 and groups == 1 and not any(map(any, pads)):
+            return _pointwise_vjp_w(g, x, stride)  # (oneDNN's kernel for these is declined: onednn.py)
         nb = math.prod(x.shape[:-3])
         gw = cols.lib.conv_backward_weights(_direct_rows(g, nb), _direct_rows(x, nb), w.shape, stride, pads,
                                             dilation, groups)
-        if gw is None and w.shape[-2:] == (1, 1) and groups == 1 and not any(map(any, pads)):
-            return _pointwise_vjp_w(g, x, stride)
         if gw is None:  # declined by the library: the GEMM layouts' VJP of the same convolution
             geo = dict(stride=stride, pads=pads, dilation=dilation, groups=groups)
             return _conv2d_vjp_w(g, _conv2d_gemm(x, w, b, **geo), x, w, b, **geo)
