@@ -274,17 +274,23 @@ def fast_matmul(a: Any, b: Any, fresh_output: bool = False) -> Any:
     AVX-512 CPU (one it does not know) takes twice oneDNN's time (bench/results/matmul-ab-epyc6-1t.md). On
     more threads oneDNN takes it like the other products: two libraries' thread pools on the same cores slow
     each other."""
+    macs = a.shape[0] * a.shape[1] * b.shape[1]
+    if macs <= _OPENBLAS_SPLIT_MACS:  # (first: the common tiny products skip every other check)
+        return None
     lib = direct_conv(a, b)
     if lib is None:
         return None
-    macs = a.shape[0] * a.shape[1] * b.shape[1]
     if macs < _MATMUL_MIN_MACS:
-        if macs <= _OPENBLAS_SPLIT_MACS or not _SMALL_ON_ONE_THREAD or not lib.runs_matmul():
-            return None
-        return _calling_thread_product(a, b)
+        return _calling_thread_product(a, b) if _SMALL_ON_ONE_THREAD and lib.runs_matmul() else None
     if fresh_output and cpu_threads() == 1 and numpy_blas_avx512():
         return None
     return lib.matmul(a, b)
+
+
+def product(a: Any, b: Any, fresh_output: bool = False) -> Any:
+    """``a @ b`` of 2-d arrays: :func:`fast_matmul`'s result where it takes the product, else ``xp.matmul``'s."""
+    out = fast_matmul(a, b, fresh_output)
+    return get_xp(a, b).matmul(a, b) if out is None else out
 
 
 # OpenBLAS computes a GEMM of at most this many multiply-adds on the calling thread anyway

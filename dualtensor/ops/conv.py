@@ -41,9 +41,9 @@ import operator
 from typing import Any, NamedTuple
 
 from ..backend import direct_conv as _direct_conv
-from ..backend import fast_matmul as _fast_matmul
 from ..backend import gemm as _gemm_into
 from ..backend import get_xp as _xp
+from ..backend import product as _product
 from ..core import Primitive
 from .shape import getitem
 
@@ -656,8 +656,7 @@ def _pointwise_vjp_w(g, x, stride):
     xs = x[..., ::stride[0], ::stride[1]][..., :g.shape[-2], :g.shape[-1]]
     gm = xp.moveaxis(g.reshape((-1,) + g.shape[-3:]), 1, -1).reshape(-1, o)  # (N*Ho*Wo, O), a view if NHWC
     xm = xp.ascontiguousarray(xp.moveaxis(xs.reshape((-1,) + xs.shape[-3:]), 1, -1)).reshape(-1, c)
-    gw = _fast_matmul(gm.T, xm)
-    return (gm.T @ xm if gw is None else gw).reshape(o, c, 1, 1)
+    return _product(gm.T, xm).reshape(o, c, 1, 1)
 
 
 def _conv2d_vjp_b(g, ans, x, w, b, *, stride, pads, dilation, groups):

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..backend import fast_matmul as _fast_matmul
 from ..backend import get_xp as _xp
+from ..backend import product as _product
 from ..tensor import primal_of as _value
 from ..core import Primitive, lift, sum_to
 
@@ -168,12 +169,6 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Any:
 _FEW_ROWS = 256
 
 
-def _product(a, b):
-    """a @ b of 2-d arrays, on oneDNN where backend.fast_matmul takes it."""
-    out = _fast_matmul(a, b)
-    return _xp(a, b).matmul(a, b) if out is None else out
-
-
 def _times_wt(x2d: Any, w: Any, b: Any = None) -> Any:
     """x2d @ w.T (+ b) as a C-contiguous (N, out) array."""
     xp = _xp(x2d, w)
@@ -239,8 +234,7 @@ def _linear_vjp_x(g, ans, x, w, b):
 
 def _linear_vjp_w(g, ans, x, w, b):
     g2, x2 = g.reshape(-1, w.shape[0]).T, x.reshape(-1, w.shape[1])
-    out = _fast_matmul(g2, x2, fresh_output=True)  # a large, fresh (out, in) result
-    return _xp(g, x).matmul(g2, x2) if out is None else out
+    return _product(g2, x2, fresh_output=True)  # a large, fresh (out, in) result
 
 
 def _linear_vjp_b(g, ans, x, w, b):
